@@ -1,0 +1,37 @@
+"""remove-dead-nodes: drop nodes, initializers and graph inputs that no graph output depends on.
+
+Summary: wraps ``gs.Graph.cleanup``. Unused graph inputs are removed too (``keep_inputs=True``
+keeps the model's interface); each removed input is named in the notes.
+"""
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.registry import register_pass
+
+
+def _constants(graph: gs.Graph) -> set[str]:
+    return {t.name for n in graph.nodes for t in n.inputs if isinstance(t, gs.Constant)}
+
+
+@register_pass
+class RemoveDeadNodesPass(Pass):
+    name = "remove-dead-nodes"
+    summary = "Remove nodes, initializers and graph inputs that no graph output depends on."
+
+    def __init__(self, keep_inputs: bool = False) -> None:
+        self.keep_inputs = keep_inputs
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult()
+        nodes, consts, inputs = len(graph.nodes), _constants(graph), [t.name for t in graph.inputs]
+        graph.cleanup(remove_unused_graph_inputs=not self.keep_inputs)
+        removed_inputs = [name for name in inputs if name not in {t.name for t in graph.inputs}]
+        result.stats["nodes"] = nodes - len(graph.nodes)
+        result.stats["initializers"] = len(consts - _constants(graph))
+        result.stats["inputs"] = len(removed_inputs)
+        result.notes += [f"removed unused graph input '{n}'" for n in removed_inputs]
+        result.changed = result.stats["nodes"] + result.stats["initializers"] + result.stats["inputs"]
+        result.stats = +result.stats
+        return result

@@ -1,0 +1,84 @@
+"""Pass registry, presets and the pipeline grammar.
+
+Grammar: a comma-separated list of pass names, where ``fixpoint(a,b,...)`` groups passes that are
+re-run until a whole sweep changes nothing, e.g.
+``fold-constants,remove-dead-nodes,fixpoint(eliminate-noops,fold-constants)``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, TypeVar
+
+from surgery.errors import UserInputError
+from surgery.pass_base import Pass
+from surgery.pass_manager import FixedPoint
+
+_PASSES: dict[str, type[Pass]] = {}
+_PRESETS: dict[str, str] = {}
+
+P = TypeVar("P", bound=type[Pass])
+
+
+def register_pass(cls: P) -> P:
+    """Class decorator: make a pass available by its ``name``."""
+    if not cls.name or not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", cls.name):
+        raise ValueError(f"pass name must be kebab-case, got {cls.name!r}")
+    if cls.name in _PASSES and _PASSES[cls.name] is not cls:
+        raise ValueError(f"pass '{cls.name}' registered twice")
+    _PASSES[cls.name] = cls
+    return cls
+
+
+def register_preset(name: str, pipeline: str) -> None:
+    _PRESETS[name] = pipeline
+
+
+def list_passes() -> list[type[Pass]]:
+    return [_PASSES[name] for name in sorted(_PASSES)]
+
+
+def list_presets() -> dict[str, str]:
+    return dict(sorted(_PRESETS.items()))
+
+
+def get_pass(name: str, **options: Any) -> Pass:
+    try:
+        cls = _PASSES[name]
+    except KeyError:
+        raise UserInputError(f"unknown pass '{name}' (see `surgery list-passes`)") from None
+    return cls(**options)
+
+
+def preset_pipeline(name: str) -> str:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(_PRESETS))
+        raise UserInputError(f"unknown preset '{name}' (known: {known})") from None
+
+
+def parse_pipeline(
+    spec: str, disabled: frozenset[str] = frozenset(), make: Callable[[str], Pass] = get_pass
+) -> list[Pass | FixedPoint]:
+    """Turn a pipeline string into pass instances; passes named in ``disabled`` are dropped."""
+    tokens = re.findall(r"fixpoint\(|\)|,|[^,()\s]+", spec.replace(" ", ""))
+    stack: list[list[Pass | FixedPoint]] = [[]]
+    for tok in tokens:
+        if tok == ",":
+            continue
+        if tok == "fixpoint(":
+            stack.append([])
+        elif tok == ")":
+            if len(stack) == 1:
+                raise UserInputError(f"unbalanced ')' in pipeline '{spec}'")
+            group = stack.pop()
+            if group:
+                stack[-1].append(FixedPoint(group))
+        elif tok not in disabled:
+            stack[-1].append(make(tok))
+    if len(stack) != 1:
+        raise UserInputError(f"unclosed 'fixpoint(' in pipeline '{spec}'")
+    for name in disabled:
+        if name not in _PASSES:
+            raise UserInputError(f"unknown pass '{name}' in --disable (see `surgery list-passes`)")
+    return stack[0]

@@ -1,0 +1,1 @@
+"""onnx-surgery top floor: TensorRT/onnxruntime backends, capability, engine build, validation, CLI."""

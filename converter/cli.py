@@ -1,0 +1,94 @@
+"""The ``surgery`` command line. Each subcommand lives in ``converter/cmd_<name>.py``.
+
+Exit codes: 0 success, 1 the work failed (a pass, a check, a validation), 2 user error, 3 skipped
+(validation of an engine with no runnable TensorRT).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from typing import Sequence
+
+from surgery.errors import SurgeryError, UserInputError
+
+COMMANDS = {
+    "inspect": ("converter.cmd_inspect", "Describe a model: opset, I/O, op histogram, parameters, dynamic dims."),
+    "optimize": ("converter.cmd_optimize", "Run a pass pipeline and write the optimized model and a report."),
+    "list-passes": ("converter.cmd_list_passes", "List every pass (and the presets)."),
+    "extract": ("converter.cmd_extract", "Isolate the subgraph between given tensors into a new model."),
+    "check": ("converter.cmd_check", "Report what TensorRT can and cannot take, node by node."),
+    "convert": ("converter.cmd_convert", "Build a TensorRT engine from an ONNX model."),
+    "validate": ("converter.cmd_validate", "Compare a candidate (ONNX or engine) against a reference model."),
+    "run": ("converter.cmd_run", "optimize -> check -> convert -> validate, with one report."),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + error by default)
+        raise UserInputError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="surgery", description="Make exported ONNX models TensorRT-ready, and prove they compute the same thing.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime logs optimizer warnings to stderr for sessions we create internally (folding)."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import passes  # noqa: F401  (registers passes and presets)
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_onnxruntime()
+    debug = False
+    try:
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        logging.getLogger().setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+        if not getattr(args, "func", None):
+            raise UserInputError("surgery: a command is required (try `surgery --help`)")
+        return int(args.func(args) or 0)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SurgeryError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `surgery inspect M | head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line by default, the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""``surgery optimize MODEL -o OUT``: run a preset or pass list and write the result and a report."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from converter.optimize import OptimizeOptions, optimize_file
+from surgery.errors import UserInputError
+from surgery.shapes import parse_shapes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="input ONNX model")
+    parser.add_argument("-o", "--output", help="output ONNX model (required unless --in-place)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--preset", default="default", help="named pipeline (see `surgery list-passes --presets`)")
+    group.add_argument("--passes", help="pipeline, e.g. 'fold-constants,fixpoint(eliminate-noops,cse)'")
+    parser.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip a pass (repeatable)")
+    parser.add_argument("--input-shapes", nargs="+", metavar="SHAPE",
+                        help="fix dynamic input dims: x:[1,3,224,224] or x:1x3x224x224")
+    parser.add_argument("--emit", choices=("onnx", "plugin", "ort"), default="onnx", help="what fusions emit")
+    parser.add_argument("--explain", action="append", default=[], metavar="PASS",
+                        help="list each candidate site of PASS and why it was or was not rewritten")
+    parser.add_argument("--validate-each", action="store_true",
+                        help="after each changing pass, compare outputs with the original on onnxruntime")
+    parser.add_argument("--spec", type=Path, help="input spec JSON for --validate-each (default: MODEL.spec.json)")
+    parser.add_argument("--dump-dir", type=Path, help="where --validate-each saves models around a failing pass")
+    parser.add_argument("--external-data", action="store_true", default=None,
+                        help="store weights in OUT.data (automatic above 2 GB)")
+    parser.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
+    parser.add_argument("--report", type=Path, help="write the JSON report here")
+
+
+def run(args: argparse.Namespace) -> int:
+    output = args.output or (args.model if args.in_place else None)
+    if not output:
+        raise UserInputError("optimize: -o/--output is required (or --in-place)")
+    if args.report and args.report.exists() and args.report.is_dir():
+        raise UserInputError(f"{args.report}: is a directory")
+    opts = OptimizeOptions(
+        preset=args.preset, passes=args.passes, disable=frozenset(args.disable),
+        input_shapes=parse_shapes(args.input_shapes) if args.input_shapes else None, emit=args.emit,
+        explain=frozenset(args.explain), validate_each=args.validate_each, spec=args.spec, dump_dir=args.dump_dir,
+        external_data=args.external_data, in_place=args.in_place,
+    )
+    report = optimize_file(args.model, output, opts)
+    _print_summary(report)
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _print_summary(report: dict) -> None:
+    print(f"{report['input']} -> {report['output']}")
+    print(f"nodes: {report['nodes_before']} -> {report['nodes_after']}; {report['total_changed']} change(s)")
+    width = max((len(r["name"]) for r in report["passes"]), default=4)
+    for r in report["passes"]:
+        stats = ", ".join(f"{k}={v}" for k, v in r["stats"].items())
+        sweep = f" (sweep {r['sweep']})" if r["sweep"] else ""
+        print(f"  {r['name']:<{width}} changed={r['changed']:<4}{sweep} {stats}")
+        for note in r["notes"]:
+            print(f"  {'':<{width}}   note: {note}")
+        for site in r.get("sites", []):
+            reason = f": {site['reason']}" if site["reason"] else ""
+            print(f"  {'':<{width}}   {site['site']}: {site['outcome']}{reason}")

@@ -1,0 +1,103 @@
+"""Optimize a model file: load, run a pass pipeline, save atomically, build the report."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from surgery.io import load_model, save_model, to_graph, to_model
+from surgery.numerics import InputSpec, load_spec, spec_from_model
+from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_manager import PassHook, PassManager
+from surgery.registry import parse_pipeline, preset_pipeline
+from surgery.validate_each import NumericGuard
+
+
+@dataclass
+class OptimizeOptions:
+    preset: str = "default"
+    passes: str | None = None
+    disable: frozenset[str] = frozenset()
+    input_shapes: dict[str, list[int]] | None = None
+    emit: str = "onnx"
+    explain: frozenset[str] = frozenset()
+    validate_each: bool = False
+    spec: Path | None = None
+    dump_dir: Path | None = None
+    external_data: bool | None = None
+    in_place: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Progress(PassHook):
+    """One status line on stderr, only when attached to a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n = total, 0
+        self.enabled = sys.stderr.isatty()
+
+    def before(self, step: Pass, graph, ctx) -> None:
+        self.n += 1
+        if self.enabled:
+            print(f"\r\033[K[{self.n}] {step.name} ({len(graph.nodes)} nodes)", end="", file=sys.stderr, flush=True)
+
+    def after(self, step: Pass, graph, ctx, result: PassResult) -> None:
+        if self.enabled and self.n >= self.total:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def pipeline_spec(opts: OptimizeOptions) -> str:
+    spec = opts.passes if opts.passes else preset_pipeline(opts.preset)
+    if opts.input_shapes:
+        from passes import SHAPES_PREFIX
+
+        spec = f"{SHAPES_PREFIX},{spec}"
+    return spec
+
+
+def input_specs(model: onnx.ModelProto, model_path: Path, opts: OptimizeOptions) -> list[InputSpec]:
+    """The spec for seeded inputs: --spec, else ``<model>.spec.json`` beside it, else from the model."""
+    candidate = opts.spec or model_path.with_suffix(".spec.json")
+    if candidate.is_file():
+        return load_spec(candidate)
+    specs = spec_from_model(model)
+    if opts.input_shapes:
+        specs = [InputSpec(s.name, tuple(opts.input_shapes.get(s.name, s.shape)), s.dtype) for s in specs]
+    return specs
+
+
+def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> dict[str, Any]:
+    """Optimize ``src`` into ``dst``; returns the JSON-ready report. Nothing is written on failure."""
+    loaded = load_model(src)
+    dst = Path(dst)
+    if not opts.in_place and dst.resolve() == loaded.path:
+        from surgery.errors import UserInputError
+
+        raise UserInputError(f"{dst}: output would overwrite the input model (use --in-place to allow it)")
+    steps = parse_pipeline(pipeline_spec(opts), opts.disable)
+    options = {"emit": opts.emit, **opts.extra}
+    if opts.input_shapes:
+        options["input_shapes"] = opts.input_shapes
+    ctx = PassContext(options=options, explain=opts.explain, dump_dir=opts.dump_dir)
+    hooks: list[PassHook] = [_Progress(len(steps))]
+    if opts.validate_each:
+        dump = opts.dump_dir or dst.parent / f"{dst.stem}.validate-each"
+        hooks.append(NumericGuard(loaded.model, input_specs(loaded.model, loaded.path, opts), dump, source_dir=loaded.base_dir))
+    nodes_before = len(loaded.model.graph.node)
+    graph = to_graph(loaded)
+    report = PassManager(steps, hooks=hooks).run(graph, ctx)
+    model = to_model(graph, like=loaded.model)
+    save_model(model, dst, source_dir=loaded.base_dir, external=opts.external_data,
+               protect=None if opts.in_place else loaded.path)
+    return {
+        "input": str(loaded.path),
+        "output": str(dst.resolve()),
+        "pipeline": pipeline_spec(opts),
+        "emit": opts.emit,
+        "nodes_before": nodes_before,
+        "nodes_after": len(model.graph.node),
+        **report.to_json(),
+    }

@@ -1,0 +1,49 @@
+"""``--validate-each``: after every pass that changed the graph, compare outputs with the original.
+
+The first pass whose outputs drift beyond tolerance is named, and the models before and after it
+are written to the dump folder.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgery.errors import NumericMismatchError
+from surgery.io import save_model, to_model
+from surgery.numerics import InputSpec, compare, random_feeds, run_ort
+from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_manager import PassHook
+
+log = logging.getLogger(__name__)
+
+
+class NumericGuard(PassHook):
+    def __init__(self, original: onnx.ModelProto, specs: list[InputSpec], dump_dir: Path,
+                 *, rtol: float = 1e-4, atol: float = 1e-5, source_dir: Path | None = None) -> None:
+        self.feeds = random_feeds(specs, seed=0)
+        self.reference = run_ort(original, self.feeds)
+        self.last_good = original
+        self.like = original
+        self.dump_dir = dump_dir
+        self.rtol, self.atol = rtol, atol
+        self.source_dir = source_dir
+        self.checked = 0
+
+    def after(self, step: Pass, graph: gs.Graph, ctx: PassContext, result: PassResult) -> None:
+        if not result.changed:
+            return
+        model = to_model(graph, like=self.like)
+        got = run_ort(model, self.feeds, outputs=list(self.reference))
+        self.checked += 1
+        bad = [d for name, ref in self.reference.items()
+               if not (d := compare(ref, got[name], name, rtol=self.rtol, atol=self.atol)).passed]
+        if bad:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+            before = save_model(self.last_good, self.dump_dir / f"before-{step.name}.onnx", source_dir=self.source_dir)
+            after = save_model(model, self.dump_dir / f"after-{step.name}.onnx", source_dir=self.source_dir)
+            raise NumericMismatchError(
+                f"pass '{step.name}' changed the outputs ({bad[0].describe()}); saved {before} and {after}")
+        self.last_good = model

@@ -76,6 +76,21 @@ def bypass(node: gs.Node, graph: gs.Graph, keep: gs.Tensor) -> None:
     node.outputs.clear()
 
 
+def bypass_needs_identity(node: gs.Node, graph: gs.Graph, keep: gs.Tensor) -> bool:
+    """True when ``bypass(node, graph, keep)`` could only swap ``node`` for an Identity.
+
+    That happens when the node's output is a graph output and ``keep`` cannot take over its name
+    (``keep`` is a graph input, a constant or another graph output). Passes that remove Identity
+    nodes use it to stay idempotent.
+    """
+    out = node.outputs[0]
+    if out not in graph.outputs:
+        return False
+    renamable = keep not in graph.outputs and len(keep.inputs) == 1 and not isinstance(keep, gs.Constant) \
+        and keep not in graph.inputs
+    return not renamable
+
+
 class NameGen:
     """Deterministic unique names ``<prefix>/<n>`` that never collide with existing ones."""
 
@@ -91,3 +106,38 @@ class NameGen:
             if name not in self.taken:
                 self.taken.add(name)
                 return name
+
+
+PatternNode = tuple  # (name, op, input names[, check_func]): inputs name variables, '$const' constants or earlier nodes
+
+
+def commuted_patterns(variables: list[str], nodes: list[PatternNode], outputs: list[str],
+                      commutative: frozenset[str] = frozenset({"Add", "Mul", "And", "Or"})) -> list[tuple[str, gs.GraphPattern]]:
+    """Every operand order of a pattern whose binary commutative nodes may list their inputs either way.
+
+    ``nodes`` are listed producers first; an input is a variable name, ``$name`` for a constant, or an
+    earlier node's name. GraphPattern matches inputs positionally, so each order is its own pattern.
+    Matching starts at the first listed consumer of the first variable.
+
+    Returns:
+        ``(order, pattern)`` pairs; ``order`` is a bit string saying which nodes were swapped.
+    """
+    flips = [i for i, n in enumerate(nodes) if n[1] in commutative and len(n[2]) == 2 and n[2][0] != n[2][1]]
+    result = []
+    for mask in range(2 ** len(flips)):
+        swapped = {flips[b] for b in range(len(flips)) if mask >> b & 1}
+        p = gs.GraphPattern()
+        tensors: dict[str, int] = {v: p.variable() for v in variables}
+        for i, spec in enumerate(nodes):
+            name, op, ins = spec[0], spec[1], list(spec[2])
+            if i in swapped:
+                ins.reverse()
+            ids = []
+            for t in ins:
+                if t not in tensors:
+                    tensors[t] = p.constant(t[1:]) if t.startswith("$") else None
+                ids.append(tensors[t])
+            tensors[name] = p.add(name, op, check_func=spec[3] if len(spec) > 3 else None, inputs=ids)
+        p.set_output_tensors([tensors[o] for o in outputs])
+        result.append(("".join("s" if i in swapped else "k" for i in flips), p))
+    return result

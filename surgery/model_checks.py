@@ -19,7 +19,8 @@ def check_structure(model: onnx.ModelProto, path: Path) -> None:
     _check_initializers(model.graph, where)
     _check_external_data(model, path.resolve().parent, where)
     try:
-        onnx.checker.check_model(model)
+        # by path, so external data is resolved against the model's folder (and >2 GB models work)
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelLoadError(f"{where}: ONNX checker: {first}") from None

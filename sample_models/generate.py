@@ -16,7 +16,6 @@ The Keras models come from ``generate_keras.py`` (a different venv).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import os
@@ -66,8 +65,14 @@ def finalize_model(path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
+def _json_lines(key: str | None, items: list[dict[str, Any]]) -> str:
+    """One JSON object per line: small, readable and diff-friendly."""
+    body = ",\n".join("  " + json.dumps(i) for i in items)
+    return (f'{{"{key}": [\n{body}\n]}}\n' if key else f"[\n{body}\n]\n")
+
+
 def write_spec(name: str, inputs: list[dict[str, Any]]) -> None:
-    (HERE / f"{name}.spec.json").write_text(json.dumps({"inputs": inputs}, indent=1) + "\n")
+    (HERE / f"{name}.spec.json").write_text(_json_lines("inputs", inputs))
 
 
 def int_input(name: str, shape: list[int], low: int, high: int) -> dict[str, Any]:
@@ -456,7 +461,7 @@ def update_manifest(entries: list[dict[str, Any]], source: str, replace_all: boo
     new_names = {e["name"] for e in entries}
     kept = [e for e in old if not (e["source"] == source and (replace_all or e["name"] in new_names))]
     merged = sorted(kept + entries, key=lambda e: (e["source"] != "torch", e["name"]))
-    MANIFEST.write_text(json.dumps(merged, indent=1) + "\n")
+    MANIFEST.write_text(_json_lines(None, merged))
 
 
 # --------------------------------------------------------------------------- verify

@@ -2,11 +2,29 @@
 from __future__ import annotations
 
 from passes import (  # noqa: F401  (imported for registration)
+    collapse_reshapes,
+    convert_precision,
+    cse,
+    eliminate_noops,
     fold_constants,
+    fuse_attention,
+    fuse_gelu,
+    fuse_groupnorm,
+    fuse_layernorm,
+    fuse_rmsnorm,
+    fuse_skip_layernorm,
     infer_shapes,
+    merge_transposes,
     remove_dead_nodes,
+    remove_nodes,
+    specialize_shapes,
 )
 from surgery.registry import register_preset
 
 CLEANUP = "infer-shapes,fold-constants,remove-dead-nodes"
-register_preset("default", CLEANUP)
+# infer-shapes sits in the group because folding makes more shapes static, which in turn lets
+# fold-constants and eliminate-noops do more; without it a second run of the preset still changes things.
+SIMPLIFY = "fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,cse,fold-constants,remove-dead-nodes,infer-shapes)"
+# The CLI prepends this (with a comma) to the pipeline when --input-shapes is given.
+SHAPES_PREFIX = "specialize-shapes"
+register_preset("default", f"{CLEANUP},{SIMPLIFY}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.io import ExternalValues
@@ -37,6 +38,40 @@ def _materialize_small_external(graph: gs.Graph, threshold: int) -> set[int]:
     return too_big
 
 
+def _fix_sliced_shapes(graph: gs.Graph) -> int:
+    """onnx-graphsurgeon 0.6.1 folds ``Shape`` as if its ``start``/``end`` attributes were absent
+    (its Gather/Slice-of-Shape shortcuts too), giving wrong constants. Fold such a Shape ourselves when
+    the selected dims are static; split it into Shape -> Slice (which gs folds correctly) when only
+    some dims of its input are static; leave it when none are (gs folds nothing there)."""
+    fixed = 0
+    for node in list(graph.nodes):
+        if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)) or node.inputs[0].shape is None:
+            continue
+        dims, out = list(node.inputs[0].shape), node.outputs[0]
+        start, end = node.attrs.get("start", 0), node.attrs.get("end")
+        selected = dims[start:end]
+        if all(isinstance(d, int) and d >= 0 for d in selected) and out not in graph.outputs:
+            const = gs.Constant(f"{node.name}/value", np.array(selected, dtype=np.int64))
+            for consumer in list(out.outputs):
+                for j, t in enumerate(consumer.inputs):
+                    if t is out:
+                        consumer.inputs[j] = const
+            node.inputs.clear()
+            node.outputs.clear()
+        elif any(isinstance(d, int) and d >= 0 for d in dims):
+            full = gs.Variable(f"{node.name}/full", dtype=np.int64, shape=[len(dims)])
+            node.outputs[0] = full
+            node.attrs.pop("start", None)
+            node.attrs.pop("end", None)
+            bounds = [np.array([v], np.int64) for v in (start, end if end is not None else 2**62, 0)]
+            consts = [gs.Constant(f"{node.name}/{k}", v) for k, v in zip(("starts", "ends", "axes"), bounds)]
+            graph.nodes.append(gs.Node("Slice", name=f"{node.name}/slice", inputs=[full, *consts], outputs=[out]))
+        else:
+            continue
+        fixed += 1
+    return fixed
+
+
 @register_pass
 class FoldConstantsPass(Pass):
     name = "fold-constants"
@@ -50,6 +85,7 @@ class FoldConstantsPass(Pass):
         before = node_signatures(graph)
         threshold = ctx.option("fold_size_threshold", self.size_threshold)
         too_big = _materialize_small_external(graph, threshold)
+        result.stats["sliced-shapes"] = _fix_sliced_shapes(graph)
         exclude = lambda node: any(id(t) in too_big for t in node.inputs)  # noqa: E731
         quiet = gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL)
         try:
@@ -68,4 +104,5 @@ class FoldConstantsPass(Pass):
         graph.cleanup().toposort()
         result.changed = nodes_changed(before, node_signatures(graph))
         result.stats["folded-nodes"] = max(0, sum(before.values()) - len(graph.nodes))
+        result.stats = +result.stats
         return result

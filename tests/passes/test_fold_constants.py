@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+from onnx import numpy_helper
+
 from tests.builders import shape_arith_model
 from tests.helpers import apply_pass, assert_same_outputs, ops
 
@@ -28,3 +31,23 @@ def test_size_threshold_keeps_large_results_unfolded():
     # the 8-float (32-byte) constant sum exceeds 16 bytes and must stay as an Add
     assert ops(out)["Add"] == 2
     assert result.changed == 4
+
+
+def test_shape_with_start_on_partly_dynamic_input_folds_correctly():
+    """gs 0.6.1 would read dim 1 of the *full* shape here (8) instead of the sliced shape's dim 1 (16)."""
+    from onnx import TensorProto, helper
+
+    from tests.builders import const, make_model, tensor
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape", start=1),
+        helper.make_node("Gather", ["s", "one"], ["d"], name="gather", axis=0),
+        helper.make_node("Cast", ["d"], ["df"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "df"], ["y"], name="add"),
+    ]
+    model = make_model(nodes, [tensor("x", ["N", 8, 16])], [tensor("y", ["N", 8, 16])], [const("one", np.array(1, np.int64))])
+    out, result = apply_pass(model, "fold-constants")
+    assert result.stats["sliced-shapes"] == 1
+    assert ops(out) == Counter({"Add": 1})
+    assert float(numpy_helper.to_array(out.graph.initializer[0]).reshape(-1)[0]) == 16.0
+    assert_same_outputs(model, out)

@@ -1,0 +1,200 @@
+"""Per-node TensorRT capability: supported / unsupported / unknown, with reasons, partitions and a build.
+
+Library backends classify nodes by data flow: parse the model; every parser error that names a node
+marks that node unsupported; the node is cut out (its outputs become inputs of the rest) and the
+remainder is parsed again, until it parses cleanly or an error names no node (then the rest is
+"unknown"). A fully parsed model is then built (a CPU ahead-of-time build with TensorRT-RTX) to catch
+build-time failures, attributed to nodes through the layer names/metadata the parser derives from
+ONNX node names. The ``static`` backend answers from ``static_support``'s table instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import onnx
+from onnx import helper
+
+from converter import remedies
+from converter.backends import Backend, make_logger
+from converter.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
+from converter.specs import resolve_spec
+from converter.static_support import classify as static_classify
+from converter.trt_raw import attribute_build_error, build_check_isolated, create_network
+from surgery.errors import ConversionError, UserInputError
+from surgery.io import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    op: str
+    domain: str
+    status: str = "supported"
+    kind: str = "ok"
+    reason: str = ""
+    remedy: str = ""
+    detail: str = ""
+
+    def mark(self, status: str, kind: str, reason: str, detail: str = "") -> None:
+        self.status, self.kind, self.reason, self.detail = status, kind, reason, detail
+
+    def to_json(self) -> dict[str, str]:
+        out = {"name": self.name, "op": self.op, "status": self.status, "reason": self.reason, "remedy": self.remedy,
+               "kind": self.kind}
+        if self.domain:
+            out["domain"] = self.domain
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass
+class BuildOutcome:
+    attempted: bool = False
+    ok: bool | None = None
+    error: str = ""
+    nodes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attempted": self.attempted, "ok": self.ok, "error": self.error, "nodes": self.nodes}
+
+
+@dataclass
+class CapabilityReport:
+    backend: dict[str, str]
+    model: str
+    nodes: list[NodeStatus]
+    partitions: list[Partition]
+    build: BuildOutcome
+
+    @property
+    def supported(self) -> bool:
+        return all(n.status == "supported" for n in self.nodes) and self.build.ok is not False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model, "supported": self.supported,
+                "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions],
+                "build": self.build.to_json()}
+
+
+def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
+    """Load plugin libraries with ctypes and register TensorRT's own plugins."""
+    for lib in libraries:
+        if not Path(lib).is_file():
+            raise UserInputError(f"{lib}: no such plugin library")
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise UserInputError(f"{lib}: cannot load plugin library ({exc})") from None
+    if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger or make_logger(trt), "")
+
+
+def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
+                plugins: Sequence[str | Path] = (), static_target: str | None = None,
+                save_dir: str | Path | None = None) -> CapabilityReport:
+    """Classify every node of the model at ``path`` and group them into partitions."""
+    loaded = load_model(path)
+    model = loaded.model
+    nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
+    outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
+    if backend.is_library:
+        trt = backend.module
+        logger = make_logger(trt)
+        load_plugins(trt, plugins, logger)
+        _parse_nodes(trt, logger, model, str(loaded.path), nodes)
+        if build and all(n.status == "supported" for n in nodes):
+            specs = resolve_spec(model, path, spec_path)
+            outcome = _build(trt, model, str(loaded.path), specs, nodes)
+        elif build:
+            outcome.error = "skipped: the parser rejected some nodes"
+    else:
+        target = static_target or "tensorrt-rtx"
+        for n, proto in zip(nodes, model.graph.node):
+            n.mark(*static_classify(n.op, n.domain, _attrs(proto), target))
+    _postprocess(backend, model, nodes)
+    parts = find_partitions(model, [n.status for n in nodes])
+    if save_dir is not None:
+        save_partitions(model, parts, Path(save_dir), loaded.base_dir)
+    return CapabilityReport(backend.describe(), str(path), nodes, parts, outcome)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in values.items()}
+
+
+def _parse_once(trt: ModuleType, logger: Any, data: bytes, path: str) -> tuple[bool, list[Any]]:
+    builder, network = create_network(trt, logger)
+    parser = trt.OnnxParser(network, logger)
+    ok = bool(parser.parse(data, path))
+    errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    return ok, [(e.node(), e.node_name(), e.node_operator(), str(e.code()), e.desc()) for e in errors]
+
+
+def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus]) -> None:
+    """Mark unsupported nodes by repeated parsing of the not-yet-rejected remainder."""
+    pending = list(range(len(nodes)))
+    infos: dict | None = None
+    first = True
+    while pending:
+        sub = model if first else submodel(model, pending, infos or {}, name="remainder")
+        ok, errors = _parse_once(trt, logger, sub.SerializeToString(), path)
+        if ok:
+            return
+        failed: dict[int, tuple] = {}
+        for err in errors:
+            local = err[0]
+            if 0 <= local < len(pending):
+                failed.setdefault(pending[local], err)
+        if not failed:
+            desc = errors[0][4] if errors else "the parser failed without an error"
+            for i in pending:
+                nodes[i].mark("unknown", "parse-error",
+                              "not classified: the parser stopped on an error that names no node: " + remedies.translate(desc, nodes[i].op),
+                              desc)
+            return
+        for i, err in failed.items():
+            extra = "" if first else " (found after cutting out the nodes rejected before it)"
+            nodes[i].mark("unsupported", "unsupported-op", remedies.translate(err[4], nodes[i].op) + extra, err[4])
+        pending = [i for i in pending if i not in failed]
+        if first:
+            infos = infer_value_infos(model)
+        first = False
+
+
+def _build(trt: ModuleType, model: onnx.ModelProto, path: str, specs: list, nodes: list[NodeStatus]) -> BuildOutcome:
+    try:
+        ok, error, layers = build_check_isolated(trt, model.SerializeToString(), path, specs)
+    except ConversionError as exc:
+        return BuildOutcome(attempted=False, ok=None, error=str(exc))
+    if ok:
+        return BuildOutcome(attempted=True, ok=True)
+    names = attribute_build_error(error, layers, {n.name: n.op for n in nodes})
+    reason = remedies.translate(error, "")
+    for n in nodes:
+        if n.name in names:
+            n.mark("unsupported", "build-failure", "the engine build failed here: " + reason, error[:2000])
+    return BuildOutcome(attempted=True, ok=False, error=reason if names else error[:2000], nodes=sorted(names))
+
+
+def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatus]) -> None:
+    """Foreign-domain collisions, plugin diagnosis, and a remedy for every node not supported."""
+    for n, proto in zip(nodes, model.graph.node):
+        attrs = _attrs(proto)
+        collision = remedies.foreign_collision(n.op, n.domain)
+        if collision:
+            n.mark("unsupported", "foreign-domain", collision, n.detail)
+        elif n.status != "supported" and remedies.is_plugin_node(n.domain, attrs) and backend.is_library:
+            kind, reason = remedies.plugin_problem(backend.module, n.op, attrs)
+            if kind != "ok":
+                n.mark("unsupported", kind, reason, n.detail)
+        if n.status != "supported":
+            n.remedy = remedies.remedy_for(n.op, n.domain, n.kind)

@@ -1,0 +1,77 @@
+"""``surgery check MODEL``: what TensorRT can and cannot take, node by node.
+
+Exit 0 when every node is supported and the engine builds, 1 otherwise, 2 on user error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from converter.backends import BACKEND_CHOICES, select_backend
+from converter.capability import CapabilityReport, check_model
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="auto prefers tensorrt, then tensorrt-rtx, then the static table (default: auto)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX model")
+    add_backend_argument(parser)
+    parser.add_argument("--static-target", choices=("tensorrt", "tensorrt-rtx"), default="tensorrt-rtx",
+                        help="which library the static table answers for (default: tensorrt-rtx)")
+    parser.add_argument("--no-build", action="store_true", help="skip the engine build after a clean parse")
+    parser.add_argument("--spec", help="input spec JSON (shapes for the build; default: MODEL's .spec.json or derived)")
+    parser.add_argument("--plugins", action="append", default=[], metavar="LIB.so", help="plugin library to load (repeatable)")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    parser.add_argument("--save-partitions", metavar="DIR", help="save each partition as an ONNX model")
+    parser.add_argument("--all-nodes", action="store_true", help="list supported nodes too")
+
+
+def run(args: argparse.Namespace) -> int:
+    backend = select_backend(args.backend)
+    report = check_model(args.model, backend, build=not args.no_build, spec_path=args.spec, plugins=args.plugins,
+                         static_target=args.static_target, save_dir=args.save_partitions)
+    print(render_table(report, all_nodes=args.all_nodes))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.to_json(), indent=1))
+    if args.html:
+        from converter.report_html import capability_html
+
+        Path(args.html).write_text(capability_html(report))
+    return 0 if report.supported else 1
+
+
+def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
+    """A plain-text summary: backend, per-node table (problems first), partitions, build."""
+    b = report.backend
+    counts: dict[str, int] = {}
+    for n in report.nodes:
+        counts[n.status] = counts.get(n.status, 0) + 1
+    lines = [f"model   {report.model}", f"backend {b['name']} {b['version']}",
+             "nodes   " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    shown = [n for n in report.nodes if all_nodes or n.status != "supported"]
+    if shown:
+        w_name = min(max(len(n.name) for n in shown), 40)
+        w_op = max(len(n.op) for n in shown)
+        lines.append("")
+        lines.append(f"{'node':<{w_name}}  {'op':<{w_op}}  {'status':<11}  reason / remedy")
+        for n in shown:
+            lines.append(f"{n.name[:40]:<{w_name}}  {n.op:<{w_op}}  {n.status:<11}  {n.reason}")
+            if n.remedy:
+                lines.append(f"{'':<{w_name}}  {'':<{w_op}}  {'':<11}  remedy: {n.remedy}")
+    lines.append("")
+    lines.append(f"partitions {len(report.partitions)}")
+    for p in report.partitions:
+        lines.append(f"  #{p.id} {p.status:<11} {len(p.nodes):>4} node(s)  in: {', '.join(p.inputs[:4])}"
+                     f"{' ...' if len(p.inputs) > 4 else ''}  out: {', '.join(p.outputs[:4])}{' ...' if len(p.outputs) > 4 else ''}")
+    bo = report.build
+    if bo.attempted:
+        lines.append(f"build   {'ok' if bo.ok else 'FAILED: ' + bo.error.splitlines()[0] if bo.error else 'FAILED'}")
+    else:
+        lines.append(f"build   not attempted{': ' + bo.error if bo.error else ''}")
+    lines.append(f"result  {'SUPPORTED' if report.supported else 'NOT SUPPORTED'}")
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""``surgery run MODEL -o DIR``: optimize -> check -> convert -> validate, with report.json and report.html."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from converter.cmd_check import add_backend_argument
+from converter.cmd_convert import add_build_arguments, options_from_args
+from converter.pipeline import RunOptions, run_pipeline
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for model.opt.onnx, engine and reports")
+    parser.add_argument("--preset", help="optimization preset (default: trt if defined, else default)")
+    add_backend_argument(parser)
+    add_build_arguments(parser)
+    parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--rtol", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = RunOptions(backend=args.backend, preset=args.preset, spec=Path(args.spec) if args.spec else None,
+                      build=options_from_args(args), atol=args.atol, rtol=args.rtol, seed=args.seed)
+    result = run_pipeline(args.model, args.output, opts)
+    r = result.report
+    opt = r["optimize"]
+    print(f"optimize   {opt['preset']}: {opt['nodes_before']} -> {opt['nodes_after']} nodes")
+    print(f"check      {r['backend']['name']} {r['backend']['version']}: "
+          f"{'supported' if r['check']['supported'] else 'NOT supported'}")
+    eng = r["engine"]
+    print(f"engine     {eng['path'] + ' (' + str(eng['bytes']) + ' bytes)' if eng.get('built') else 'not built: ' + eng.get('reason', '')}")
+    for name, val in r["validation"].items():
+        extra = f" ({val['skipped']})" if val.get("skipped") else ""
+        print(f"validate   {name}: {val['status']}{extra}")
+    print(f"report     {Path(args.output) / 'report.json'}, {Path(args.output) / 'report.html'}")
+    return 0 if result.ok else 1

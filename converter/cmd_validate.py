@@ -1,0 +1,88 @@
+"""``surgery validate REFERENCE CANDIDATE``: compare outputs (ONNX on onnxruntime, engines with TrtRunner).
+
+Exit 0 all outputs within tolerance, 1 a mismatch, 2 user error, 3 skipped (the engine cannot run
+here; the reason is printed — this is never reported as a pass).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import onnx
+
+from converter.backends import select_backend
+from converter.cmd_check import add_backend_argument
+from converter.specs import resolve_spec
+from converter.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
+from surgery.errors import UserInputError
+from surgery.io import LoadedModel, load_model
+
+EXIT_SKIPPED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reference", help="reference ONNX model")
+    parser.add_argument("candidate", help="candidate: an .onnx model or a TensorRT engine file")
+    add_backend_argument(parser)
+    parser.add_argument("--spec", help="input spec JSON (default: REFERENCE's .spec.json or derived)")
+    parser.add_argument("--inputs", metavar="FILE.npz", help="use these inputs instead of random ones")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    parser.add_argument("--mark-all", action="store_true",
+                        help="also compare every intermediate tensor both models share and name the first divergent node")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the comparison as JSON")
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def run(args: argparse.Namespace) -> int:
+    ref = load_model(args.reference)
+    if not Path(args.candidate).is_file():
+        raise UserInputError(f"{args.candidate}: no such file")
+    specs = resolve_spec(ref.model, args.reference, args.spec)
+    feeds = make_feeds(specs, args.inputs, args.seed)
+    names = (str(args.reference), str(args.candidate))
+    if is_onnx(args.candidate):
+        cand = load_model(args.candidate)
+        report = validate_onnx(_inlined(ref), _inlined(cand), feeds, atol=args.atol, rtol=args.rtol,
+                               mark_all=args.mark_all, names=names)
+    else:
+        if args.mark_all:
+            raise UserInputError("--mark-all needs an ONNX candidate (engine outputs are fixed at build time)")
+        report = validate_engine(_inlined(ref), Path(args.candidate), select_backend(args.backend), feeds,
+                                 atol=args.atol, rtol=args.rtol, names=names)
+    print(render(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.to_json(), indent=1))
+    if report.skipped:
+        return EXIT_SKIPPED
+    return 0 if report.passed else 1
+
+
+def _inlined(loaded: LoadedModel) -> onnx.ModelProto:
+    """The model with its external weights read in (onnxruntime gets serialized bytes, not a path)."""
+    return onnx.load(str(loaded.path)) if loaded.has_external_data else loaded.model
+
+
+def render(report: ValidationReport) -> str:
+    lines = [f"reference {report.reference}", f"candidate {report.candidate}", f"tolerance atol={report.atol:g} rtol={report.rtol:g}"]
+    if report.skipped:
+        lines.append(f"skipped: {report.skipped}")
+        return "\n".join(lines)
+    for o in report.outputs:
+        d = o.diff
+        lines.append(f"{'PASS' if d.passed else 'FAIL'}  {d.name}  max|d|={d.max_abs:.3g}  mean|d|={d.mean_abs:.3g}  "
+                     f"max rel={d.max_rel:.3g}  cosine={d.cosine:.6f}")
+        if o.histogram:
+            lines.append(render_histogram(o.histogram))
+    if report.intermediates_compared:
+        lines.append(f"intermediates compared: {report.intermediates_compared}")
+    if report.first_divergence:
+        fd = report.first_divergence
+        lines.append(f"first divergence: node '{fd['node']}' ({fd['op']}), tensor {fd['detail']}")
+    lines.append(f"result {report.status.upper()}")
+    return "\n".join(lines)

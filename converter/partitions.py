@@ -1,0 +1,158 @@
+"""Cut models by node sets: standalone sub-models for re-parsing, and supported/unsupported partitions.
+
+Partitions are the weakly connected components of the data-flow graph restricted to nodes of one
+status (networkx), so two supported regions separated by an unsupported node are two partitions even
+when their node indices interleave. Each partition is extracted by its boundary tensors into a model
+that passes the ONNX checker and runs in onnxruntime.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import networkx as nx
+import onnx
+from onnx import helper
+
+from surgery.io import MAX_IR_VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Partition:
+    """A maximal connected set of nodes sharing one status."""
+
+    id: int
+    status: str
+    nodes: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    indices: list[int] = field(default_factory=list, repr=False)
+    path: str = ""
+
+    def to_json(self) -> dict:
+        out = {"id": self.id, "status": self.status, "nodes": self.nodes, "inputs": self.inputs, "outputs": self.outputs}
+        if self.path:
+            out["path"] = self.path
+        return out
+
+
+def infer_value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Type/shape of every tensor we can learn (graph I/O, value_info, shape inference)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # a model the checker dislikes still gets its declared infos
+        log.warning("shape inference failed (%s); using declared types only", str(exc).splitlines()[0])
+        inferred = model
+    infos = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            infos[vi.name] = vi
+    for init in model.graph.initializer:
+        infos.setdefault(init.name, helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return infos
+
+
+def _produced(node: onnx.NodeProto) -> list[str]:
+    return [o for o in node.output if o]
+
+
+def boundary(model: onnx.ModelProto, indices: Sequence[int]) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of the node set: tensors it reads from outside / that leave it."""
+    nodes = model.graph.node
+    chosen = set(indices)
+    inits = {t.name for t in model.graph.initializer}
+    produced_inside = {o for i in indices for o in _produced(nodes[i])}
+    inputs: list[str] = []
+    for i in sorted(indices):
+        for name in _consumed(nodes[i]):
+            if name and name not in produced_inside and name not in inits and name not in inputs:
+                inputs.append(name)
+    graph_outputs = {o.name for o in model.graph.output}
+    used_outside = {n for j, node in enumerate(nodes) if j not in chosen for n in _consumed(node)}
+    outputs = [o for i in sorted(indices) for o in _produced(nodes[i]) if o in graph_outputs or o in used_outside]
+    return inputs, outputs
+
+
+def _consumed(node: onnx.NodeProto) -> list[str]:
+    """Inputs of a node, including outer-scope names its subgraphs (If/Loop/Scan bodies) read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            local = {i.name for i in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+            names += [n for sub in g.node for n in _consumed(sub) if n not in local]
+    return names
+
+
+def submodel(model: onnx.ModelProto, indices: Sequence[int], infos: dict[str, onnx.ValueInfoProto],
+             name: str = "part") -> onnx.ModelProto:
+    """A standalone model of ``indices`` (original order); boundary tensors become its graph I/O."""
+    order = sorted(indices)
+    inputs, outputs = boundary(model, order)
+    if not outputs:  # nodes whose results are all dropped: keep their outputs visible
+        outputs = [o for i in order for o in _produced(model.graph.node[i])]
+    used = {n for i in order for n in _consumed(model.graph.node[i])}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    in_vis = [_value_info(infos, n) for n in inputs]
+    out_vis = [_value_info(infos, n, allow_untyped=True) for n in outputs]
+    graph = helper.make_graph([model.graph.node[i] for i in order], name, in_vis, out_vis, inits)
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = min(model.ir_version or MAX_IR_VERSION, MAX_IR_VERSION)
+    sub.functions.extend(model.functions)
+    return sub
+
+
+def _value_info(infos: dict[str, onnx.ValueInfoProto], name: str, allow_untyped: bool = False) -> onnx.ValueInfoProto:
+    vi = infos.get(name)
+    if vi is not None:
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(vi)
+        return copy
+    if allow_untyped:
+        return helper.make_empty_tensor_value_info(name)
+    return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+
+def data_flow_graph(model: onnx.ModelProto) -> nx.DiGraph:
+    """Node indices with an edge producer -> consumer for every tensor."""
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(model.graph.node)))
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in _produced(n)}
+    for j, node in enumerate(model.graph.node):
+        for name in _consumed(node):
+            i = producer.get(name)
+            if i is not None and i != j:
+                g.add_edge(i, j)
+    return g
+
+
+def find_partitions(model: onnx.ModelProto, statuses: Sequence[str]) -> list[Partition]:
+    """Maximal weakly connected same-status node sets, ordered by their first node."""
+    flow = data_flow_graph(model)
+    parts: list[Partition] = []
+    for status in sorted(set(statuses)):
+        members = [i for i, s in enumerate(statuses) if s == status]
+        for comp in nx.weakly_connected_components(flow.subgraph(members)):
+            idx = sorted(comp)
+            ins, outs = boundary(model, idx)
+            parts.append(Partition(0, status, [model.graph.node[i].name for i in idx], ins, outs, idx))
+    parts.sort(key=lambda p: p.indices[0])
+    for k, p in enumerate(parts):
+        p.id = k
+    return parts
+
+
+def save_partitions(model: onnx.ModelProto, parts: list[Partition], folder: Path, source_dir: Path | None = None) -> None:
+    """Write each partition as ``<id>_<status>.onnx`` under ``folder`` (external data inlined)."""
+    from surgery.io import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    infos = infer_value_infos(model)
+    for p in parts:
+        sub = submodel(model, p.indices, infos, name=f"partition_{p.id}_{p.status}")
+        path = folder / f"partition_{p.id:03d}_{p.status}.onnx"
+        save_model(sub, path, source_dir=source_dir, external=False)
+        p.path = str(path)

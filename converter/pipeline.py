@@ -1,0 +1,105 @@
+"""``surgery run``: optimize -> check -> convert -> validate, with one JSON and one HTML report.
+
+Writes DIR/model.opt.onnx, DIR/model.engine (where a TensorRT library is present and the model is
+supported), DIR/report.json (keys optimize, check, engine, validation) and DIR/report.html.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from converter.backends import select_backend
+from converter.capability import CapabilityReport, check_model
+from converter.optimize import OptimizeOptions, optimize_file
+from converter.report_html import run_html
+from converter.specs import resolve_spec
+from converter.trt_build import BuildOptions, build_engine
+from converter.validate import make_feeds, validate_engine, validate_onnx
+from surgery.errors import ConversionError, UserInputError
+from surgery.io import load_model
+from surgery.registry import list_presets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    backend: str = "auto"
+    preset: str | None = None
+    spec: Path | None = None
+    build: BuildOptions = field(default_factory=BuildOptions)
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class RunResult:
+    report: dict[str, Any]
+    capability: CapabilityReport | None
+    ok: bool
+
+
+def _full(loaded: Any) -> onnx.ModelProto:
+    return onnx.load(str(loaded.path)) if loaded.has_external_data else loaded.model
+
+
+def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) -> RunResult:
+    """Run the four stages; every stage's outcome (or why it did not run) lands in the report."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    preset = opts.preset or ("trt" if "trt" in list_presets() else "default")
+    opt_path = out / "model.opt.onnx"
+    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec))
+    optimize["preset"] = preset
+    backend = select_backend(opts.backend)
+    capability = check_model(opt_path, backend, spec_path=opts.spec or _sibling_spec(model_path))
+    engine = _convert(opt_path, out / "model.engine", backend, capability, opts)
+
+    original = load_model(model_path)
+    specs = resolve_spec(original.model, model_path, opts.spec)
+    feeds = make_feeds(specs, None, opts.seed)
+    ref = _full(original)
+    names = (str(model_path), str(opt_path))
+    validation = {"optimized_vs_original": validate_onnx(ref, _full(load_model(opt_path)), feeds, atol=opts.atol,
+                                                         rtol=opts.rtol, names=names).to_json()}
+    if engine.get("built"):
+        validation["engine_vs_original"] = validate_engine(ref, Path(engine["path"]), backend, feeds, atol=opts.atol,
+                                                           rtol=opts.rtol, names=(str(model_path), engine["path"])).to_json()
+    else:
+        validation["engine_vs_original"] = {"status": "skipped", "skipped": f"no engine: {engine.get('reason', '')}",
+                                            "outputs": []}
+    report = {"model": str(model_path), "backend": backend.describe(), "optimize": optimize,
+              "check": capability.to_json(), "engine": engine, "validation": validation}
+    ok = (validation["optimized_vs_original"]["status"] == "passed" and capability.supported
+          and validation["engine_vs_original"]["status"] != "failed" and engine.get("error") is None)
+    report["ok"] = ok
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.html").write_text(run_html(report, capability))
+    return RunResult(report, capability, ok)
+
+
+def _sibling_spec(model_path: str | Path) -> Path | None:
+    cand = Path(model_path).with_suffix(".spec.json")
+    return cand if cand.is_file() else None
+
+
+def _convert(opt_path: Path, engine_path: Path, backend: Any, capability: CapabilityReport, opts: RunOptions) -> dict[str, Any]:
+    if not backend.is_library:
+        return {"built": False, "reason": "no TensorRT library installed (static backend)"}
+    if not capability.supported:
+        return {"built": False, "reason": "the check found unsupported nodes or a failed build"}
+    loaded = load_model(opt_path)
+    specs = resolve_spec(loaded.model, opt_path, opts.spec or _sibling_spec(opt_path))
+    try:
+        result = build_engine(loaded, engine_path, backend, opts.build, specs)
+    except ConversionError as exc:
+        return {"built": False, "reason": "build failed", "error": str(exc)}
+    return {"built": True, **result.to_json()}

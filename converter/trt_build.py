@@ -1,0 +1,222 @@
+"""Build a TensorRT engine from ONNX with Polygraphy loaders (``surgery convert``).
+
+``NetworkFromOnnxBytes``/``NetworkFromOnnxPath`` parse, ``SetDecomposableAttentions`` marks attention
+decomposable, ``CreateConfig`` carries profiles, the workspace pool, the optimization level, the
+timing cache and compatibility flags, and ``EngineBytesFromNetwork`` builds. With TensorRT-RTX this is
+a real ahead-of-time engine built on the CPU. Writes ENGINE, ENGINE.build.log and ENGINE.layers.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from converter.backends import Backend, make_logger, polygraphy_trt, require_library
+from converter.trt_raw import layer_table, layer_to_node
+from surgery.errors import ConversionError, UserInputError
+from surgery.io import LoadedModel
+from surgery.numerics import InputSpec
+
+log = logging.getLogger(__name__)
+
+Profile = dict[str, tuple[list[int], list[int], list[int]]]
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``convert`` can set; ``None`` keeps TensorRT's default."""
+
+    profiles: list[Profile] = field(default_factory=list)
+    workspace: int | None = None
+    optimization_level: int | None = None
+    timing_cache: Path | None = None
+    save_timing_cache: Path | None = None
+    plugins: list[str] = field(default_factory=list)
+    strongly_typed: bool = False
+    hardware_compatibility: str | None = None
+    version_compatible: bool = False
+    decomposable_attention: bool = False
+
+
+@dataclass
+class BuildResult:
+    engine: Path
+    log: Path
+    layers: Path
+    seconds: float
+    size: int
+    backend: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.engine), "log": str(self.log), "layers": str(self.layers), "seconds": round(self.seconds, 3),
+                "bytes": self.size, "backend": self.backend, "notes": self.notes}
+
+
+def make_profiles(mins: Sequence[dict[str, list[int]]], opts: Sequence[dict[str, list[int]]],
+                  maxs: Sequence[dict[str, list[int]]]) -> list[Profile]:
+    """Pair the i-th --min/--opt/--max shapes into profiles; a missing min or max defaults to opt."""
+    count = max(len(mins), len(opts), len(maxs))
+    for what, given in (("--min-shapes", mins), ("--opt-shapes", opts), ("--max-shapes", maxs)):
+        if given and len(given) != count:
+            raise UserInputError(f"{what} given {len(given)} time(s) but another shape option {count} time(s)")
+    profiles = []
+    for i in range(count):
+        lo, opt, hi = (mins[i] if mins else {}), (opts[i] if opts else {}), (maxs[i] if maxs else {})
+        names = list(dict.fromkeys([*opt, *lo, *hi]))
+        prof: Profile = {}
+        for name in names:
+            o = opt.get(name) or lo.get(name) or hi.get(name)
+            a, b = lo.get(name, o), hi.get(name, o)
+            if not (len(a) == len(o) == len(b)) or any(x > y or y > z for x, y, z in zip(a, o, b)):
+                raise UserInputError(f"profile {i}: input '{name}' needs min <= opt <= max of equal rank, got {a}, {o}, {b}")
+            prof[name] = (list(a), list(o), list(b))
+        profiles.append(prof)
+    return profiles
+
+
+def dynamic_inputs(loaded: LoadedModel) -> dict[str, list[int]]:
+    """Graph inputs with a symbolic or unknown dim, as dims (-1 where dynamic)."""
+    inits = {t.name for t in loaded.model.graph.initializer}
+    out = {}
+    for vi in loaded.model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in vi.type.tensor_type.shape.dim]
+        if any(d < 0 for d in dims):
+            out[vi.name] = dims
+    return out
+
+
+def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, options: BuildOptions,
+                 specs: Sequence[InputSpec] = ()) -> BuildResult:
+    """Parse, configure and build; write the engine, its build log and its layer table."""
+    trt = require_library(backend, "convert")
+    pg = polygraphy_trt(backend)
+    from polygraphy.backend.trt import util as pg_util
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    from converter.capability import load_plugins
+
+    logger = make_logger(trt, verbose=True)
+    pg_util.TRT_LOGGER = logger  # polygraphy hands this logger to every builder it creates
+    load_plugins(trt, options.plugins, logger)
+    engine_path = Path(engine_path)
+    log_path = Path(str(engine_path) + ".build.log")
+    layers_path = Path(str(engine_path) + ".layers.json")
+    if not engine_path.parent.is_dir():
+        raise UserInputError(f"{engine_path.parent}: output folder does not exist")
+    notes: list[str] = []
+    profiles = options.profiles or _spec_profiles(loaded, specs, notes)
+    start = time.time()
+    network = None
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+            network = _network(pg, loaded, options)()
+            if options.decomposable_attention:
+                network = _mark_decomposable(pg, trt, network, notes)
+            layers = layer_table(network[1])
+            config = pg.CreateConfig(**_config_kwargs(pg, trt, backend, options, profiles, notes))
+            blob = pg.EngineBytesFromNetwork(network, config=config,
+                                             save_timing_cache=str(options.save_timing_cache) if options.save_timing_cache else None)()
+    except PolygraphyException as exc:
+        log_path.write_text(logger.capture.text())
+        errors = logger.capture.errors()
+        raise ConversionError(_failure_message(exc, errors, network)) from exc
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        log_path.write_text(logger.capture.text())
+        raise ConversionError(f"engine build failed: {type(exc).__name__}: {exc}") from exc
+    seconds = time.time() - start
+    data = bytes(blob)
+    engine_path.write_bytes(data)
+    log_path.write_text(logger.capture.text())
+    node_names = [n.name for n in loaded.model.graph.node]
+    mapping = layer_to_node(layers, node_names)
+    for layer in layers:
+        layer["onnx_node"] = mapping.get(layer["name"], "")
+    notes.append("layer table from the parsed network (the engine inspector needs a deserialized engine, which "
+                 "needs a supported GPU)")
+    layers_path.write_text(json.dumps({"source": "network", "layers": layers}, indent=1))
+    return BuildResult(engine_path, log_path, layers_path, seconds, len(data), backend.describe(), notes)
+
+
+def _network(pg: Any, loaded: LoadedModel, options: BuildOptions) -> Any:
+    if loaded.has_external_data:  # the parser must find the weights next to the file
+        return pg.NetworkFromOnnxPath(str(loaded.path), strongly_typed=options.strongly_typed)
+    return pg.NetworkFromOnnxBytes(loaded.model.SerializeToString(), strongly_typed=options.strongly_typed)
+
+
+def _mark_decomposable(pg: Any, trt: Any, network: Any, notes: list[str]) -> Any:
+    if not hasattr(getattr(trt, "IAttention", object), "decomposable"):
+        notes.append(f"{trt.__name__} has no IAttention.decomposable; --decomposable-attention ignored")
+        return network
+    if hasattr(pg, "SetDecomposableAttentions"):
+        return pg.SetDecomposableAttentions(network)()
+    for i in range(network[1].num_layers):
+        layer = network[1].get_layer(i)
+        if layer.type == trt.LayerType.ATTENTION_INPUT:
+            layer.__class__ = trt.IAttentionInputLayer
+            layer.attention.decomposable = True
+    return network
+
+
+def _spec_profiles(loaded: LoadedModel, specs: Sequence[InputSpec], notes: list[str]) -> list[Profile]:
+    dyn = dynamic_inputs(loaded)
+    if not dyn:
+        return []
+    shapes = {s.name: list(s.shape) for s in specs}
+    prof = {name: (shapes.get(name) or [1 if d < 0 else d for d in dims],) * 3 for name, dims in dyn.items()}
+    notes.append("no shapes given: one fixed profile from the input spec " +
+                 ", ".join(f"{k}={v[1]}" for k, v in prof.items()))
+    return [{k: (list(v[0]), list(v[1]), list(v[2])) for k, v in prof.items()}]
+
+
+def _config_kwargs(pg: Any, trt: Any, backend: Backend, options: BuildOptions, profiles: list[Profile],
+                   notes: list[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"profiling_verbosity": trt.ProfilingVerbosity.DETAILED}
+    if profiles:
+        kwargs["profiles"] = [_pg_profile(pg, p) for p in profiles]
+    if options.workspace:
+        kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options.workspace)}
+    if options.optimization_level is not None:
+        if not backend.features.get("builder_optimization_level"):
+            raise UserInputError(f"{backend.name} {backend.version} has no builder optimization level")
+        kwargs["builder_optimization_level"] = int(options.optimization_level)
+    if options.timing_cache:
+        if not Path(options.timing_cache).is_file():
+            notes.append(f"timing cache {options.timing_cache} does not exist yet; starting empty")
+        else:
+            kwargs["load_timing_cache"] = str(options.timing_cache)
+    if options.hardware_compatibility:
+        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), options.hardware_compatibility.upper(), None)
+        if level is None:
+            raise UserInputError(f"{backend.name} {backend.version} has no hardware compatibility level "
+                                 f"'{options.hardware_compatibility}'")
+        kwargs["hardware_compatibility_level"] = level
+    if options.version_compatible:
+        if not backend.features.get("version_compatible"):
+            raise UserInputError(f"{backend.name} {backend.version} has no version-compatible engines")
+        kwargs["version_compatible"] = True
+    return kwargs
+
+
+def _pg_profile(pg: Any, prof: Profile) -> Any:
+    profile = pg.Profile()
+    for name, (lo, opt, hi) in prof.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    return profile
+
+
+def _failure_message(exc: Exception, errors: list[str], network: Any) -> str:
+    parts = [str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__]
+    parser = network[2] if isinstance(network, tuple) and len(network) > 2 else None
+    if parser is not None and getattr(parser, "num_errors", 0):
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            parts.append(f"node '{err.node_name()}' ({err.node_operator()}): {err.desc()}")
+    parts += errors[:5]
+    return "; ".join(p for p in parts if p)

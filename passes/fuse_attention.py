@@ -1,0 +1,258 @@
+"""``fuse-attention``: fuse the scaled-dot-product attention core into one op.
+
+Summary:
+    Matches the SDPA core from the head-split tensors Q, K, V ([B,H,S,D]) to its output [B,H,Sq,Dv];
+    the Q/K/V projections, head split/merge Reshape/Transposes and any rotary embedding around Q and K
+    stay as they are (rotary outputs simply become the Q/K inputs). ``ctx.option("emit", "onnx")``:
+
+    - ``onnx``: ``Attention`` (opset 23) following TensorRT's rules: 4-D Q/K/V, the scale as the
+      ``scale`` attribute (always set: the default would be 1/√D), no KV-cache inputs or outputs, the
+      mask as ``attn_mask`` (additive float or boolean), ``is_causal=1`` where the mask is a constant
+      causal mask. Grouped-query attention passes the un-repeated K/V (q_num_heads != kv_num_heads is
+      native in opset 23), dropping the Unsqueeze/Expand/Reshape repeat.
+    - ``ort``: ``com.microsoft.MultiHeadAttention`` (Q as [B,S,H*D] via Transpose+Reshape, K/V as
+      [B,H,S,D], mask as ``attention_bias``, output Reshape+Transpose back to [B,H,S,Dv]).
+    - ``plugin``: ``SurgeryAttention`` (onnx_surgery, version 1) on Q/K/V [B,H,S,D] (K/V may have fewer
+      heads), fields num_heads, scale, causal, mask_kind (0 none, 1 additive float, 2 boolean keep-mask).
+
+Matches (variants in passes/_attention_match.py)::
+
+    Q ─[Mul|Div c]─┐
+    K ─Transpose─[Mul c]─ MatMul ─[Mul|Div c]─[Add mask | Where(cond,·,-big)]─ Softmax(-1) ─[Cast]*─ MatMul ─> out
+    V ──────────────────────────────────────────────────────────────────────────────────────┘
+      -> Attention(Q, K', V, [mask], scale=c, [is_causal])      K' = K, K^T of [B,S,H,D], or un-repeated KV
+
+Requires:
+    onnx emit: the opset raised to 23 (once per run, before the first rewrite).
+
+Rejects:
+    scale-not-scalar, fill-not-large-negative (Where mask), cast-changes-dtype, cast-dtype-unknown (run
+    infer-shapes first), softmax-axis (opset < 13 Softmax without an explicit last axis), gqa-bad-repeat
+    (Unsqueeze axis is not 2), not-4d (a Q/K/V input of known rank != 4), num-heads-unknown (ort/plugin
+    need a static head count), gqa-no-ort-op (MultiHeadAttention needs equal head counts; the non-GQA
+    variant then fuses with the repeat kept), opset-raise-refused (detail in notes).
+    Not matched, and said so by --explain: the tf2onnx lowering of Keras MultiHeadAttention's einsums
+    (5-D Reshape/Transpose chains, Softmax on axis 2), KV-cache Concats, RotaryEmbedding fusion.
+
+Numerics:
+    Attention computes softmax(Q·K^T·scale + mask)·V in one kernel; with fp32 the result agrees with
+    the decomposed graph to about 1e-6 relative. A Where mask becomes a boolean mask: masked scores are
+    excluded exactly rather than pushed to -3.4e38 (identical after Softmax unless a row is fully masked).
+    A mask whose row dim is 1 (a [B,1,1,Sk] padding mask) is Expanded to [..,Sq,Sk]: onnxruntime's
+    Attention and MultiHeadAttention do not broadcast that dim.
+
+TensorRT-RTX 1.7 (checked on CPU, see tests/passes/test_attention_fusions_on_samples.py): the ONNX
+    parser imports Attention-23 as IAttentionInput/IAttentionOutput layers. An fp32 build with head
+    size 16 fails ("Attention operation was not supported by a dedicated kernel ... may be marked as
+    decomposable") unless ``IAttention.decomposable`` is set after parsing (cast the layer to
+    ``IAttentionInputLayer`` and set ``layer.attention.decomposable = True``); then BERT, GPT-2 and
+    Llama-GQA samples build. The ONNX op has no decomposable flag, so the converter must set it.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes import _attention_match as am
+from surgery.graph_utils import NameGen, scalar_value
+from surgery.opset import raise_opset
+from surgery.pass_base import PassContext, PassResult
+from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.registry import register_pass
+from surgery.rewrite import PatternRewritePass
+
+ATTENTION_PLUGIN = register_plugin(PluginSpec(
+    "SurgeryAttention", "1", "onnx_surgery",
+    fields={"num_heads": "int", "scale": "float", "causal": "int", "mask_kind": "int"},
+    inputs=("q", "k", "v", "mask?"),
+    notes="Q/K/V [B,H,S,D]; K/V may have H/g heads (grouped-query); mask_kind 0 none, 1 additive float, "
+          "2 boolean (true = attend); causal masks the upper triangle (top-left aligned)"))
+
+MS_DOMAIN = "com.microsoft"
+ATTENTION_OPSET = 23
+EMITS = ("onnx", "ort", "plugin")
+
+
+@register_pass
+class FuseAttentionPass(PatternRewritePass):
+    name = "fuse-attention"
+    summary = "Fuse the Q·K^T/softmax/·V attention core into Attention-23, com.microsoft MHA, or SurgeryAttention"
+    tags = frozenset({"fusion"})
+    anchor_ops = ("Softmax",)
+
+    def __init__(self, emit: str | None = None) -> None:
+        self.emit = emit
+        self._cache: dict[frozenset[str], dict[str, gs.GraphPattern]] = {}
+        self._ops: frozenset[str] = frozenset()
+        self._opset_state: str | None = None
+        self._notes: list[str] = []
+
+    def _emit(self, ctx: PassContext) -> str:
+        emit = self.emit or ctx.option("emit", "onnx")
+        if emit not in EMITS:
+            raise ValueError(f"fuse-attention: emit must be one of {EMITS}, got {emit!r}")
+        return emit
+
+    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
+        if "Softmax" not in self._ops:
+            return {}
+        if self._ops not in self._cache:
+            self._cache[self._ops] = am.build_variants(set(self._ops))
+        return self._cache[self._ops]
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        self._ops = frozenset(Counter(n.op for n in graph.nodes))
+        self._opset_state, self._notes = None, []
+        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):
+            result = super().run(graph, ctx)
+        result.notes.extend(self._notes)
+        return result
+
+    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
+        qk, scale, mask, casts = am.parse_variant(variant)
+        names = am.variant_variables(variant)
+        emit = self._emit(ctx)
+        if am.scale_of(m, scale) is None:
+            return "scale-not-scalar"
+        if mask.startswith("where") and not am.is_large_negative(m.constants["fill"]):
+            return "fill-not-large-negative"
+        for i in range(casts):
+            cast = m.get(f"cast{i}")
+            dtype = next((t.dtype for t in (cast.inputs[0], m.get("sm").inputs[0], m.inputs[0]) if t.dtype is not None), None)
+            if dtype is None:
+                return "cast-dtype-unknown"
+            if onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)) != cast.attrs["to"]:
+                return "cast-changes-dtype"
+        if "axis" not in m.get("sm").attrs and int(graph.opset) < 13:
+            return "softmax-axis"
+        if qk == "gqa" and any(_axes(m.constants[a]) != [2] for a in ("kaxes", "vaxes")):
+            return "gqa-bad-repeat"
+        for t in (am.mapping_input(m, names, n) for n in ("q", "k", "v")):
+            if t.shape is not None and len(t.shape) != 4:
+                return "not-4d"
+        if emit in ("ort", "plugin") and am.static_heads(m.inputs[0]) is None:
+            return "num-heads-unknown"
+        if emit == "ort" and qk == "gqa":
+            return "gqa-no-ort-op"
+        if emit == "onnx":
+            return self._ensure_opset(graph)
+        return None
+
+    def _ensure_opset(self, graph: gs.Graph) -> str | None:
+        if self._opset_state is None:
+            before = int(graph.opset)
+            refusal = raise_opset(graph, ATTENTION_OPSET)
+            self._opset_state = refusal or ""
+            if refusal:
+                self._notes.append(f"opset {before} -> {ATTENTION_OPSET} refused: {refusal}")
+            elif before < ATTENTION_OPSET:
+                self._notes.append(f"opset raised {before} -> {ATTENTION_OPSET} for Attention")
+        return "opset-raise-refused" if self._opset_state else None
+
+    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
+        qk, scale_kind, mask, _ = am.parse_variant(variant)
+        var = am.variant_variables(variant)
+        q, k, v = (am.mapping_input(m, var, n) for n in ("q", "k", "v"))
+        out, new = m.outputs[0], []
+        if qk == "kbshd":  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
+            k4 = gs.Variable(names("_k"), dtype=k.dtype)
+            new.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[k], outputs=[k4]))
+            k = k4
+        mask_t, mask_kind, causal = None, 0, 0
+        if mask == "add":
+            mask_t, mask_kind = am.mapping_input(m, var, "mask"), 1
+            if am.causal_constant(mask_t):
+                mask_t, mask_kind, causal = None, 0, 1
+        elif mask.startswith("where"):
+            mask_t, mask_kind = am.mapping_input(m, var, "mask"), 2
+            if mask == "where-inv":
+                keep = gs.Variable(names("_keep"), dtype=np.bool_, shape=mask_t.shape)
+                new.append(gs.Node("Not", name=names(), inputs=[mask_t], outputs=[keep]))
+                mask_t = keep
+        if mask_t is not None and not _mask_rows_known(mask_t, q):  # e.g. a [B,1,1,Sk] padding mask
+            mask_t = _expand_rows(mask_t, q, k, names, new)
+        scale = float(am.scale_of(m, scale_kind))
+        emit = self._emit(ctx)
+        if emit == "onnx":
+            attrs = {"scale": scale, **({"is_causal": 1} if causal else {})}
+            ins = [q, k, v] + ([mask_t] if mask_t is not None else [])
+            return new + [gs.Node("Attention", name=names(), attrs=attrs, inputs=ins, outputs=[out])]
+        heads = am.static_heads(q)
+        if emit == "plugin":
+            attrs = {"num_heads": heads, "scale": scale, "causal": causal, "mask_kind": mask_kind}
+            ins = [q, k, v] + ([mask_t] if mask_t is not None else [])
+            return new + [make_plugin_node(ATTENTION_PLUGIN, ins, [out], attrs, name=names())]
+        return new + _ort_mha(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names)
+
+    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+        nxt = [c.op for c in node.outputs[0].outputs]
+        prev = node.inputs[0].inputs[0].op if node.inputs[0].inputs else "input"
+        if int(node.attrs.get("axis", -1)) not in (-1, 3):
+            return f"softmax-axis-{node.attrs.get('axis')} (Keras/tf2onnx Einsum form with transposed scores is not fused)"
+        if "MatMul" not in nxt and "Cast" not in nxt:
+            return f"softmax-output-not-matmul (feeds {nxt})"
+        return f"no-attention-pattern (Softmax input from {prev}; Q/K/scale/mask structure not recognised)"
+
+    def site_name(self, m: gs.PatternMapping) -> str:
+        return m.get("sm").name
+
+    def site_name_from(self, nodes: list[gs.Node]) -> str:
+        return next((n.name for n in nodes if n.op == "Softmax"), nodes[0].name)
+
+
+def _mask_rows_known(mask: gs.Tensor, q: gs.Tensor) -> bool:
+    """True when the mask already has Sq rows (ORT's Attention/MHA do not broadcast that dim).
+
+    The original Add/Where broadcast the mask against [B,H,Sq,Sk], so its row dim is 1 or Sq: any
+    known value other than 1 (a symbolic name included) is Sq.
+    """
+    return bool(mask.shape and len(mask.shape) >= 2 and mask.shape[-2] not in (1, None)
+                and not (isinstance(mask.shape[-2], str) and mask.shape[-2] == ""))
+
+
+def _expand_rows(mask: gs.Tensor, q: gs.Tensor, k: gs.Tensor, names: NameGen, new: list[gs.Node]) -> gs.Tensor:
+    """Expand(mask, [1, 1, Sq, Sk]): a [B,1,1,Sk] padding mask becomes [B,1,Sq,Sk]."""
+    def shape_slice(t: gs.Tensor, dim: int) -> gs.Tensor:
+        out = gs.Variable(names("_dim"), dtype=np.int64)
+        new.append(gs.Node("Shape", name=names(), attrs={"start": dim, "end": dim + 1}, inputs=[t], outputs=[out]))
+        return out
+
+    ones = gs.Constant(names("_ones"), np.ones(2, np.int64))
+    target = gs.Variable(names("_shape"), dtype=np.int64)
+    new.append(gs.Node("Concat", name=names(), attrs={"axis": 0}, inputs=[ones, shape_slice(q, 2), shape_slice(k, 2)],
+                       outputs=[target]))
+    full = gs.Variable(names("_mask"), dtype=mask.dtype)
+    new.append(gs.Node("Expand", name=names(), inputs=[mask, target], outputs=[full]))
+    return full
+
+
+def _axes(t: gs.Tensor) -> list[int] | None:
+    v = scalar_value(t)
+    return None if v is None else [int(v)]
+
+
+def _ort_mha(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names) -> list[gs.Node]:
+    """com.microsoft.MultiHeadAttention wants Q as [B,S,H*D] and returns [B,S,H*Dv]; K/V stay [B,H,S,D]."""
+    nodes = []
+
+    def node(op, ins, attrs=None, dtype=None, domain=None):
+        t = gs.Variable(names("_t"), dtype=dtype if dtype is not None else q.dtype)
+        nodes.append(gs.Node(op, name=names(), attrs=attrs or {}, inputs=ins, outputs=[t], domain=domain))
+        return t
+
+    q3 = node("Reshape", [node("Transpose", [q], {"perm": [0, 2, 1, 3]}), gs.Constant(names("_s"), np.array([0, 0, -1], np.int64))])
+    bias = None
+    if mask_kind == 1:
+        bias = mask_t
+    elif mask_kind == 2:
+        zero, low = (gs.Constant(names("_c"), np.array(x, np.float32)) for x in (0.0, np.finfo(np.float32).min))
+        bias = node("Where", [mask_t, zero, low])
+    ins = [q3, k, v] + ([gs.Variable.empty(), gs.Variable.empty(), bias] if bias is not None else [])
+    attrs = {"num_heads": heads, "scale": scale, **({"unidirectional": 1} if causal else {})}
+    y3 = node("MultiHeadAttention", ins, attrs, domain=MS_DOMAIN)
+    y4 = node("Reshape", [y3, gs.Constant(names("_s"), np.array([0, 0, heads, -1], np.int64))])
+    nodes.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[y4], outputs=[out]))
+    return nodes

@@ -1,0 +1,80 @@
+"""convert-precision: fp16/bf16 with fp32 islands; numerics on onnxruntime within rtol 1e-2."""
+from __future__ import annotations
+
+import glob
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import passes.convert_precision  # noqa: F401  (registers the pass until passes/__init__ lists it)
+
+from surgery.io import load_model
+from surgery.numerics import load_spec, random_feeds, run_ort
+from tests.converter import tiny
+from tests.helpers import apply_pass
+
+TRANSFORMERS = [p for p in sorted(glob.glob(str(Path(__file__).resolve().parents[2] / "sample_models" / "*.onnx")))
+                if Path(p).stem.split("_")[0] in ("bert", "gpt2", "llama", "vit")]
+
+
+def _close(ref_model, cand_model, feeds, rtol=1e-2):
+    ref = run_ort(ref_model, feeds)
+    got = run_ort(cand_model, feeds, outputs=list(ref))
+    for name, value in ref.items():
+        assert got[name].dtype == value.dtype  # keep_io_types
+        scale = max(1.0, float(np.abs(value).max()))
+        np.testing.assert_allclose(got[name], value, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def test_mlp_fp16_all_nodes_converted(rng):
+    model = tiny.mlp()
+    out, result = apply_pass(model, "convert-precision", ctx_options={"precision": "fp16"})
+    assert result.changed == 4
+    fp16_inits = [i for i in out.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_inits) == 3
+    ops = Counter(n.op_type for n in out.graph.node)
+    assert ops["Cast"] == 2  # input to fp16, output back to fp32
+    assert [o.name for o in out.graph.output] == ["y"]
+    _close(model, out, {"x": rng.standard_normal((2, 8)).astype(np.float32)})
+
+
+def test_islands_and_large_constants_stay_fp32(rng):
+    model = tiny.layernorm_block()
+    out, result = apply_pass(model, "convert-precision", ctx_options={"precision": "fp16"})
+    kept = result.notes[0]
+    for name in ("mean1", "sub", "pow", "mean2", "add_eps", "sqrt", "div", "softmax"):
+        assert name in kept
+    assert result.stats["kept-fp32:large-constant"] == 1  # add_mask (-1e9)
+    assert {s["site"] for s in result.sites} == {"mm", "scale"}
+    _close(model, out, {"x": rng.standard_normal((2, 4, 8)).astype(np.float32)})
+
+
+def test_keep_io_types_false_changes_graph_io():
+    out, _ = apply_pass(tiny.mlp(), "convert-precision", ctx_options={"precision": "fp16", "keep_io_types": False})
+    assert out.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert out.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+
+
+def test_bf16_is_structurally_valid():
+    out, result = apply_pass(tiny.mlp(), "convert-precision", ctx_options={"precision": "bf16"})
+    assert result.changed == 4
+    assert any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.BFLOAT16 for n in out.graph.node)
+
+
+def test_second_run_is_a_noop():
+    out, _ = apply_pass(tiny.mlp(), "convert-precision", ctx_options={"precision": "fp16"})
+    _, again = apply_pass(out, "convert-precision", ctx_options={"precision": "fp16"})
+    assert again.changed == 0
+
+
+@pytest.mark.skipif(not TRANSFORMERS, reason="no transformer sample models generated")
+@pytest.mark.parametrize("path", TRANSFORMERS, ids=[Path(p).stem for p in TRANSFORMERS])
+def test_transformer_samples_fp16_within_1e_2(path):
+    model = load_model(path).model
+    out, result = apply_pass(model, "convert-precision", ctx_options={"precision": "fp16"})
+    assert result.changed > 0 and result.notes
+    feeds = random_feeds(load_spec(Path(path).with_suffix(".spec.json")), seed=0)
+    _close(model, out, feeds)

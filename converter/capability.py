@@ -99,7 +99,7 @@ def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger
 
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
                 plugins: Sequence[str | Path] = (), static_target: str | None = None,
-                save_dir: str | Path | None = None) -> CapabilityReport:
+                save_dir: str | Path | None = None, decomposable_attention: bool = False) -> CapabilityReport:
     """Classify every node of the model at ``path`` and group them into partitions."""
     loaded = load_model(path)
     model = loaded.model
@@ -112,7 +112,7 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
         _parse_nodes(trt, logger, model, str(loaded.path), nodes)
         if build and all(n.status == "supported" for n in nodes):
             specs = resolve_spec(model, path, spec_path)
-            outcome = _build(trt, model, str(loaded.path), specs, nodes)
+            outcome = _build(trt, model, str(loaded.path), specs, nodes, decomposable_attention)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
@@ -170,9 +170,10 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
         first = False
 
 
-def _build(trt: ModuleType, model: onnx.ModelProto, path: str, specs: list, nodes: list[NodeStatus]) -> BuildOutcome:
+def _build(trt: ModuleType, model: onnx.ModelProto, path: str, specs: list, nodes: list[NodeStatus],
+           decomposable_attention: bool = False) -> BuildOutcome:
     try:
-        ok, error, layers = build_check_isolated(trt, model.SerializeToString(), path, specs)
+        ok, error, layers = build_check_isolated(trt, model.SerializeToString(), path, specs, decomposable_attention)
     except ConversionError as exc:
         return BuildOutcome(attempted=False, ok=None, error=str(exc))
     if ok:

@@ -29,11 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     parser.add_argument("--save-partitions", metavar="DIR", help="save each partition as an ONNX model")
     parser.add_argument("--all-nodes", action="store_true", help="list supported nodes too")
+    parser.add_argument("--decomposable-attention", action="store_true",
+                        help="build with attention marked decomposable (as `convert --decomposable-attention`)")
 
 
 def run(args: argparse.Namespace) -> int:
     backend = select_backend(args.backend)
     report = check_model(args.model, backend, build=not args.no_build, spec_path=args.spec, plugins=args.plugins,
+                         decomposable_attention=args.decomposable_attention,
                          static_target=args.static_target, save_dir=args.save_partitions)
     print(render_table(report, all_nodes=args.all_nodes))
     if args.json_out:

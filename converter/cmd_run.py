@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     r = result.report
     opt = r["optimize"]
     print(f"optimize   {opt['preset']}: {opt['nodes_before']} -> {opt['nodes_after']} nodes")
+    for note in opt.get("notes", []):
+        print(f"note       {note}")
     print(f"check      {r['backend']['name']} {r['backend']['version']}: "
           f"{'supported' if r['check']['supported'] else 'NOT supported'}")
     eng = r["engine"]

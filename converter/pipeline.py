@@ -60,7 +60,15 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) 
     optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec))
     optimize["preset"] = preset
     backend = select_backend(opts.backend)
-    capability = check_model(opt_path, backend, spec_path=opts.spec or _sibling_spec(model_path))
+    spec_path = opts.spec or _sibling_spec(model_path)
+    capability = check_model(opt_path, backend, spec_path=spec_path)
+    if _only_attention_build_failures(capability) and not opts.build.decomposable_attention:
+        # fp32 (or small-head) attention has no dedicated kernel; TensorRT can decompose it instead
+        capability = check_model(opt_path, backend, spec_path=spec_path, decomposable_attention=True)
+        if capability.supported:
+            opts.build.decomposable_attention = True
+            optimize.setdefault("notes", []).append(
+                "attention has no dedicated TensorRT kernel for this dtype/head size: built with decomposable attention")
     engine = _convert(opt_path, out / "model.engine", backend, capability, opts)
 
     original = load_model(model_path)
@@ -84,6 +92,11 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) 
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.html").write_text(run_html(report, capability))
     return RunResult(report, capability, ok)
+
+
+def _only_attention_build_failures(capability: CapabilityReport) -> bool:
+    failed = [n for n in capability.nodes if n.status != "supported"]
+    return bool(failed) and all(n.kind == "build-failure" and n.op == "Attention" for n in failed)
 
 
 def _sibling_spec(model_path: str | Path) -> Path | None:

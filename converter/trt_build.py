@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from converter.backends import Backend, make_logger, polygraphy_trt, require_library
-from converter.trt_raw import layer_table, layer_to_node
+from converter.trt_raw import layer_table, layer_to_node, mark_attention_decomposable
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import LoadedModel
 from surgery.numerics import InputSpec
@@ -156,11 +156,7 @@ def _mark_decomposable(pg: Any, trt: Any, network: Any, notes: list[str]) -> Any
         return network
     if hasattr(pg, "SetDecomposableAttentions"):
         return pg.SetDecomposableAttentions(network)()
-    for i in range(network[1].num_layers):
-        layer = network[1].get_layer(i)
-        if layer.type == trt.LayerType.ATTENTION_INPUT:
-            layer.__class__ = trt.IAttentionInputLayer
-            layer.attention.decomposable = True
+    mark_attention_decomposable(trt, network[1])
     return network
 
 

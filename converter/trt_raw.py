@@ -78,7 +78,22 @@ def layer_table(network: Any) -> list[dict[str, str]]:
     return out
 
 
-def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSpec]) -> tuple[bool, str, list[dict[str, str]]]:
+def mark_attention_decomposable(trt: ModuleType, network: Any) -> int:
+    """Let TensorRT decompose attention layers that have no dedicated kernel (e.g. fp32); returns how many."""
+    if not hasattr(getattr(trt, "IAttention", object), "decomposable"):
+        return 0
+    marked = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.ATTENTION_INPUT:
+            layer.__class__ = trt.IAttentionInputLayer
+            layer.attention.decomposable = True
+            marked += 1
+    return marked
+
+
+def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSpec],
+                decomposable_attention: bool = False) -> tuple[bool, str, list[dict[str, str]]]:
     """Parse and build once with default settings; returns (ok, error text, layer table)."""
     logger = make_logger(trt)
     builder, network = create_network(trt, logger)
@@ -86,6 +101,8 @@ def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSp
     if not parser.parse(data, path):
         desc = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
         return False, desc, layer_table(network)
+    if decomposable_attention:
+        mark_attention_decomposable(trt, network)
     config = builder.create_builder_config()
     prof = static_profile(network, specs)
     if prof:
@@ -102,23 +119,23 @@ def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSp
 
 def _probe_main() -> None:
     """Child-process entry: read (module, data, path, specs) from stdin, write the result to stdout."""
-    module_name, data, path, specs = pickle.load(sys.stdin.buffer)
+    module_name, data, path, specs, decomposable = pickle.load(sys.stdin.buffer)
     trt = importlib.import_module(module_name)
     try:
-        result = build_check(trt, data, path, specs)
+        result = build_check(trt, data, path, specs, decomposable)
     except Exception as exc:  # report it; the parent turns it into a build failure
         result = (False, f"{type(exc).__name__}: {exc}", [])
     sys.stdout.buffer.write(pickle.dumps(result))
 
 
 def build_check_isolated(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSpec],
-                         timeout_s: float = 600.0) -> tuple[bool, str, list[dict[str, str]]]:
+                         decomposable_attention: bool = False, timeout_s: float = 600.0) -> tuple[bool, str, list[dict[str, str]]]:
     """``build_check`` in a child process, so a crash inside TensorRT becomes a build failure.
 
     TensorRT-RTX 1.7 was seen to segfault while building a valid network (an Attention node whose
     q, k and v are one tensor); a crash must not take the whole report down.
     """
-    payload = pickle.dumps((trt.__name__, data, path, list(specs)))
+    payload = pickle.dumps((trt.__name__, data, path, list(specs), decomposable_attention))
     cmd = [sys.executable, "-c", "from converter.trt_raw import _probe_main; _probe_main()"]
     try:
         proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout_s, check=False)

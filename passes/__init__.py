@@ -28,3 +28,7 @@ SIMPLIFY = "fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,cse,fold
 # The CLI prepends this (with a comma) to the pipeline when --input-shapes is given.
 SHAPES_PREFIX = "specialize-shapes"
 register_preset("default", f"{CLEANUP},{SIMPLIFY}")
+# Fusions run after cleanup so dynamic-shape arithmetic is folded and chains are canonical; norms
+# before GELU/attention (fuse-rmsnorm refuses mean-centred inputs, so LayerNorm is never taken for it).
+FUSE = "fuse-layernorm,fuse-rmsnorm,fuse-groupnorm,fuse-gelu,fuse-attention,fuse-skip-layernorm"
+register_preset("trt", f"{CLEANUP},{SIMPLIFY},{FUSE},{SIMPLIFY}")

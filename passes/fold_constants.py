@@ -50,7 +50,10 @@ def _fix_sliced_shapes(graph: gs.Graph) -> int:
         dims, out = list(node.inputs[0].shape), node.outputs[0]
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
         selected = dims[start:end]
-        if all(isinstance(d, int) and d >= 0 for d in selected) and out not in graph.outputs:
+        if len(selected) == len(dims):  # full range (dynamo writes start=0, end=rank): plain Shape
+            node.attrs.pop("start", None)
+            node.attrs.pop("end", None)
+        elif all(isinstance(d, int) and d >= 0 for d in selected) and out not in graph.outputs:
             const = gs.Constant(f"{node.name}/value", np.array(selected, dtype=np.int64))
             for consumer in list(out.outputs):
                 for j, t in enumerate(consumer.inputs):

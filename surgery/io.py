@@ -159,6 +159,7 @@ def save_model(
     data_name = out.name + ".data"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model should look like any other file
     tmp_data = Path(tmp + ".data")
     try:
         if external:
@@ -168,12 +169,19 @@ def save_model(
         with open(tmp, "wb") as f:
             f.write(model.SerializeToString(deterministic=True))
         if external:
+            os.chmod(tmp_data, 0o666 & ~_umask())
             os.replace(tmp_data, out.parent / data_name)
         os.replace(tmp, out)
     finally:
         for leftover in (Path(tmp), tmp_data):
             leftover.unlink(missing_ok=True)
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _all_tensors(model: onnx.ModelProto):

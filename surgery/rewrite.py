@@ -59,7 +59,9 @@ class PatternRewritePass(Pass):
         accepted: list[tuple[gs.PatternMapping, str]] = []
         view = NxView(graph)
         for variant, pattern in self.patterns(ctx).items():
-            for m in pattern.match_all(graph):
+            with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
+                matches = pattern.match_all(graph)
+            for m in matches:
                 nodes = mapping_nodes(m)
                 ids = {id(n) for n in nodes}
                 if ids & used:

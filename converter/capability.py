@@ -139,6 +139,20 @@ def _parse_once(trt: ModuleType, logger: Any, data: bytes, path: str) -> tuple[b
     return ok, [(e.node(), e.node_name(), e.node_operator(), str(e.code()), e.desc()) for e in errors]
 
 
+def _blame_by_table(model: onnx.ModelProto, nodes: list[NodeStatus], pending: list[int], desc: str,
+                    target: str) -> set[int]:
+    """When the parser's error names no node, attribute it to the nodes the static table rejects."""
+    blamed = set()
+    for i in pending:
+        proto = model.graph.node[i]
+        status, _, reason = static_classify(proto.op_type, proto.domain, _attrs(proto), target)
+        if status == "unsupported":
+            nodes[i].mark("unsupported", "unsupported-op",
+                          f"{reason} (the parser's error named no node: {remedies.translate(desc, proto.op_type)})", desc)
+            blamed.add(i)
+    return blamed
+
+
 def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus]) -> None:
     """Mark unsupported nodes by repeated parsing of the not-yet-rejected remainder."""
     pending = list(range(len(nodes)))
@@ -156,6 +170,13 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
                 failed.setdefault(pending[local], err)
         if not failed:
             desc = errors[0][4] if errors else "the parser failed without an error"
+            target = "tensorrt-rtx" if "rtx" in trt.__name__ else "tensorrt"
+            blamed = _blame_by_table(model, nodes, pending, desc, target)
+            if blamed:  # cut the nodes the static table rejects out and parse the rest again
+                pending = [i for i in pending if i not in blamed]
+                infos = infos if infos is not None else infer_value_infos(model)
+                first = False
+                continue
             for i in pending:
                 nodes[i].mark("unknown", "parse-error",
                               "not classified: the parser stopped on an error that names no node: " + remedies.translate(desc, nodes[i].op),

@@ -23,6 +23,8 @@ COMMANDS = {
     "convert": ("converter.cmd_convert", "Build a TensorRT engine from an ONNX model."),
     "validate": ("converter.cmd_validate", "Compare a candidate (ONNX or engine) against a reference model."),
     "run": ("converter.cmd_run", "optimize -> check -> convert -> validate, with one report."),
+    "partition": ("converter.cmd_partition", "Split a model into TensorRT-supported and unsupported partitions."),
+    "run-partitioned": ("converter.cmd_run_partitioned", "Run partitions in order (TensorRT where it runs, else onnxruntime)."),
 }
 
 

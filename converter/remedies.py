@@ -29,6 +29,8 @@ _TRANSLATIONS: list[tuple[str, str]] = [
     (r"Attention operation was not supported by a dedicated kernel",
      "no fused attention kernel exists for this dtype/head size; mark attention decomposable "
      "(convert --decomposable-attention) or run it in fp16/bf16"),
+    (r"Unsupported reduction type|ScatterND with reduction is not supported",
+     "TensorRT has no scatter reductions (add/mul/max/min); pass rewrite-static-scatter rewrites them when the indices are constant and distinct"),
     (r"UNSUPPORTED_DATATYPE|datatype.*not supported|Unsupported.*type", "TensorRT does not support a data type used by this node"),
     (r"must be an initializer|must be a constant|must be constant", "TensorRT needs one of this node's inputs to be a build-time constant"),
     (r"dynamic.*not supported|Dynamic.*unsupported", "TensorRT cannot handle a dynamic shape at this node"),
@@ -37,9 +39,9 @@ _TRANSLATIONS: list[tuple[str, str]] = [
 
 # op -> pass names that rewrite it (only passes present in the registry are offered)
 OP_PASSES: dict[str, tuple[str, ...]] = {
-    "NonZero": ("replace-unsupported-ops",),
+    "NonZero": ("rewrite-static-nonzero", "replace-unsupported-ops"),
     "Unique": ("replace-unsupported-ops",),
-    "Compress": ("replace-unsupported-ops",),
+    "Compress": ("rewrite-static-nonzero", "replace-unsupported-ops"),
     "com.microsoft:Attention": ("replace-contrib-ops", "replace-unsupported-ops"),
     "com.microsoft:LayerNormalization": ("replace-contrib-ops", "replace-unsupported-ops"),
     "com.microsoft:SkipLayerNormalization": ("replace-contrib-ops", "replace-unsupported-ops"),

@@ -103,7 +103,7 @@ def classify(op: str, domain: str, attrs: dict[str, Any], target: str = "tensorr
     Args:
         op: node op type.
         domain: node domain.
-        attrs: node attributes (only their names are consulted).
+        attrs: node attributes (names, and the values of a few that restrict support).
         target: "tensorrt" (10.x/11.x) or "tensorrt-rtx".
 
     Returns:
@@ -119,6 +119,9 @@ def classify(op: str, domain: str, attrs: dict[str, Any], target: str = "tensorr
     if target == "tensorrt-rtx" and op in RTX_EXCEPTIONS:
         kind, reason = RTX_EXCEPTIONS[op]
         return "unsupported", kind, reason
+    if target == "tensorrt-rtx" and op in ("ScatterElements", "ScatterND") and attrs.get("reduction", "none") != "none":
+        return ("unsupported", "unsupported-op",
+                f"TensorRT-RTX rejects {op} with reduction '{attrs['reduction']}' (only plain scatters import)")
     if op in SUPPORTED:
         return "supported", "ok", ""
     if op in UNSUPPORTED:

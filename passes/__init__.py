@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from passes import (  # noqa: F401  (imported for registration)
+    cast_unsupported_dtypes,
     collapse_reshapes,
     convert_precision,
     cse,
@@ -14,10 +15,16 @@ from passes import (  # noqa: F401  (imported for registration)
     fuse_rmsnorm,
     fuse_skip_layernorm,
     infer_shapes,
+    inline_constant_if,
     merge_transposes,
+    normalize_resize,
     remove_dead_nodes,
     remove_nodes,
+    rewrite_einsum,
+    rewrite_static_nonzero,
+    rewrite_static_scatter,
     specialize_shapes,
+    unroll_loop,
 )
 from surgery.registry import register_preset
 
@@ -28,6 +35,8 @@ SIMPLIFY = "fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,cse,fold
 # The CLI prepends this (with a comma) to the pipeline when --input-shapes is given.
 SHAPES_PREFIX = "specialize-shapes"
 register_preset("default", f"{CLEANUP},{SIMPLIFY}")
+# Replace what TensorRT cannot take (issue 5); run CLEANUP after it. Not yet part of a preset.
+REPLACE = "rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,normalize-resize"
 # Fusions run after cleanup so dynamic-shape arithmetic is folded and chains are canonical; norms
 # before GELU/attention (fuse-rmsnorm refuses mean-centred inputs, so LayerNorm is never taken for it).
 FUSE = "fuse-layernorm,fuse-rmsnorm,fuse-groupnorm,fuse-gelu,fuse-attention,fuse-skip-layernorm"

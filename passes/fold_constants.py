@@ -24,15 +24,23 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE_THRESHOLD = 4 << 20  # bytes; larger folded tensors would bloat the model
 
 
+def _foldable_consumer(tensor: gs.Constant) -> bool:
+    return any(all(isinstance(t, gs.Constant) for t in node.inputs) for node in tensor.outputs)
+
+
 def _materialize_small_external(graph: gs.Graph, threshold: int) -> set[int]:
-    """Load external constants up to ``threshold`` bytes (onnxruntime cannot see external files when
-    folding from memory); return the ids of larger ones, whose consumers are left unfolded so big
-    weights are never pulled into memory."""
+    """Load external constants up to ``threshold`` bytes that feed a node whose inputs are all
+    constants (onnxruntime cannot see external files when folding from memory); return the ids of
+    larger ones, whose consumers are left unfolded so big weights are never pulled into memory.
+    Weights that only feed nodes with a runtime input cannot fold and stay on disk."""
     too_big: set[int] = set()
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and isinstance(tensor._values, ExternalValues):
+            if not _foldable_consumer(tensor):
+                continue
             if tensor._values.nbytes <= threshold:
                 tensor.values = tensor._values.load()
+                tensor.data_location = None  # now inline; gs would otherwise export it as external
             else:
                 too_big.add(id(tensor))
     return too_big

@@ -26,7 +26,11 @@ class RemoveDeadNodesPass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         nodes, consts, inputs = len(graph.nodes), _constants(graph), [t.name for t in graph.inputs]
-        graph.cleanup(remove_unused_graph_inputs=not self.keep_inputs)
+        # Subgraph inputs (a Loop body's iteration count and condition) are part of the op's
+        # signature: only the main graph may lose unused inputs.
+        graph.cleanup(remove_unused_graph_inputs=False)
+        if not self.keep_inputs:
+            graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         removed_inputs = [name for name in inputs if name not in {t.name for t in graph.inputs}]
         result.stats["nodes"] = nodes - len(graph.nodes)
         result.stats["initializers"] = len(consts - _constants(graph))

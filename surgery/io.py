@@ -26,6 +26,9 @@ MAX_IR_VERSION = 10  # onnxruntime >= 1.17 and TensorRT 10 read it; onnx 1.23 wo
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline when saving with external data
 _ALIGN = 4096
+_T = onnx.TensorProto
+_PLAIN_DTYPES = frozenset({_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.INT16, _T.INT32, _T.INT64, _T.UINT8,
+                           _T.UINT16, _T.UINT32, _T.UINT64, _T.BOOL})  # raw bytes == numpy layout
 
 
 @dataclass
@@ -49,7 +52,23 @@ class ExternalValues(gs.ir.tensor.LazyValues):
         self.base_dir = base_dir
 
     def load(self) -> np.ndarray:
-        return np.array(onnx.numpy_helper.to_array(self.tensor, base_dir=str(self.base_dir)))
+        # Read straight from the file: ``numpy_helper.to_array`` would load the bytes into the shared
+        # tensor proto too (keeping them alive and leaving it half-external), then copy them again.
+        t, info = self.tensor, ext.ExternalDataInfo(self.tensor)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        count = int(np.prod(t.dims, dtype=np.int64))
+        if t.data_type in _PLAIN_DTYPES and (info.length or count * dtype.itemsize) == count * dtype.itemsize:
+            path = self.base_dir / info.location
+            values = np.fromfile(path, dtype=dtype.newbyteorder("<"), count=count, offset=info.offset or 0)
+            if values.size != count:
+                raise ModelLoadError(f"tensor '{t.name}': {path.name} is shorter than its external data entry")
+            return values.astype(dtype, copy=False).reshape(tuple(t.dims))
+        meta = onnx.TensorProto()
+        meta.CopyFrom(t)
+        del meta.external_data[:]
+        meta.data_location = onnx.TensorProto.DEFAULT
+        meta.raw_data = _read_external(t, self.base_dir)
+        return onnx.numpy_helper.to_array(meta)
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
@@ -121,6 +140,11 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         functions = {(f.domain, f.name) for f in model.functions}
         model.functions.extend(f for f in like.functions if (f.domain, f.name) not in functions)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION) if model.ir_version else MAX_IR_VERSION
+    for t in _all_tensors(model):
+        # gs keeps an imported Constant's data_location after a pass replaced its lazy values by an
+        # array, which exports as "external" tensors with inline bytes and no file.
+        if t.data_location == onnx.TensorProto.EXTERNAL and not t.external_data:
+            t.data_location = onnx.TensorProto.DEFAULT
     return model
 
 
@@ -245,7 +269,15 @@ def _stream_external(model: onnx.ModelProto, data_path: Path, data_name: str, so
             offset += pad
             f.write(data)
             t.ClearField("raw_data")
-            del t.external_data[:]
-            ext.set_external_data(t, data_name, offset, len(data))
-            t.data_location = onnx.TensorProto.EXTERNAL
+            _point_at(t, data_name, offset, len(data))
             offset += len(data)
+            del data
+
+
+def _point_at(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``t`` refer to ``location`` (``ext.set_external_data`` insists on raw_data being present)."""
+    del t.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    t.data_location = onnx.TensorProto.EXTERNAL

@@ -26,6 +26,43 @@ def mapping_nodes(m: gs.PatternMapping) -> list[gs.Node]:
     return nodes
 
 
+def entry_op(pattern: gs.GraphPattern, tensor_index: int = 0) -> str | None:
+    """The op of the pattern node that ``GraphPattern.match`` compares a candidate node against
+    first (through nested patterns), or None when it cannot be told."""
+    try:
+        while pattern.op is None:
+            tensor, first = pattern._get_inbound(tensor_index)
+            if first is None:
+                return None
+            tensor_index = pattern._get_tensor_index_for_node(first, tensor, is_node_input=True)
+            pattern = pattern.nodes[first]
+        return pattern.op
+    except Exception:  # a gs version with other internals: fall back to trying every node
+        return None
+
+
+def match_all(pattern: gs.GraphPattern, graph: gs.Graph) -> list[gs.PatternMapping]:
+    """``pattern.match_all(graph)``, trying only nodes of the pattern's entry op.
+
+    gs tries every node and fails most of them only after some recursion and a few log calls each;
+    on a 4000-node model this filter makes matching about ten times faster. Same results, same order.
+    """
+    op = entry_op(pattern)
+    if op is None:
+        return pattern.match_all(graph)
+    outputs = {t.name for t in graph.outputs}
+    found = []
+    with graph.node_ids():
+        for node in graph.nodes:
+            if node.op != op:
+                continue
+            m = pattern.match(node, from_inbound=True, from_tensor_index=0, mapped_onnx_nodes=set(),
+                              onnx_graph_output_tensors=outputs)
+            if m is not None:
+                found.append(m)
+    return found
+
+
 class PatternRewritePass(Pass):
     """Subclasses provide ``patterns`` (named variants), ``check`` and ``rewrite``.
 
@@ -60,7 +97,7 @@ class PatternRewritePass(Pass):
         view = NxView(graph)
         for variant, pattern in self.patterns(ctx).items():
             with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-                matches = pattern.match_all(graph)
+                matches = match_all(pattern, graph)
             for m in matches:
                 nodes = mapping_nodes(m)
                 ids = {id(n) for n in nodes}

@@ -99,6 +99,21 @@ def missing_external_data(d: Path) -> Path:
     return p
 
 
+def negative_input_dim(d: Path) -> Path:
+    m = _raw_model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, -3])], [_x("y")])
+    (p := d / "negdim.onnx").write_bytes(m.SerializeToString())
+    return p
+
+
+def negative_initializer_dim(d: Path) -> Path:
+    w = numpy_helper.from_array(np.ones(2, np.float32), "w")
+    w.dims[:] = [-2]
+    m = _raw_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [_x()], [_x("y")], [w])
+    (p := d / "neginit.onnx").write_bytes(m.SerializeToString())
+    return p
+
+
 MALFORMED = {
     "empty": (empty, "file is empty"),
     "truncated": (truncated, "not an ONNX model"),
@@ -112,4 +127,6 @@ MALFORMED = {
     "empty-op-type": (empty_op_type, "empty op type"),
     "bad-initializer-size": (bad_initializer_size, "need 12"),
     "missing-external-data": (missing_external_data, "is missing"),
+    "negative-input-dim": (negative_input_dim, "negative dimension"),
+    "negative-initializer-dim": (negative_initializer_dim, "negative dimension"),
 }

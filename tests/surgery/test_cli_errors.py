@@ -78,6 +78,42 @@ def test_unwritable_or_missing_output_folder(good_model, tmp_path, capsys):
     _one_line_error(capsys, "does not exist")
 
 
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="runs as root: root writes into a 0o500 folder, so the error cannot happen")
+def test_unwritable_output_folder(good_model, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        assert main(["optimize", str(good_model), "-o", str(folder / "o.onnx")]) == 2
+        _one_line_error(capsys, "not writable")
+        assert os.listdir(folder) == []
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_pass_failing_midway_leaves_no_partial_output(good_model, tmp_path, capsys, monkeypatch, external):
+    """A pass that raises after editing part of the graph: exit 1, no output, no temp files, input intact."""
+    from surgery.registry import list_passes
+
+    victim = next(cls for cls in list_passes() if cls.name == "remove-dead-nodes")  # runs after two changing passes
+
+    def explode(self, graph, ctx):
+        graph.nodes.pop()  # half-done work must never reach the disk
+        raise RuntimeError("boom mid-way")
+
+    monkeypatch.setattr(victim, "run", explode)
+    before = good_model.read_bytes()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["optimize", str(good_model), "-o", str(out_dir / "o.onnx")] + (["--external-data"] if external else [])
+    assert main(args) == 1
+    _one_line_error(capsys, "remove-dead-nodes")
+    assert os.listdir(out_dir) == []
+    assert good_model.read_bytes() == before
+
+
 def test_unknown_command_and_missing_argument(capsys):
     assert main(["frobnicate"]) == 2
     _one_line_error(capsys, "invalid choice")

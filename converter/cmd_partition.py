@@ -1,0 +1,25 @@
+"""``surgery partition MODEL -o DIR``: split a model into TensorRT-supported and unsupported partitions."""
+from __future__ import annotations
+
+import argparse
+
+from converter.backends import select_backend
+from converter.cmd_check import add_backend_argument
+from converter.partition_run import partition_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the partitions and manifest.json")
+    add_backend_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = partition_model(args.model, args.output, select_backend(args.backend))
+    by = manifest["classified_by"]
+    print(f"{len(manifest['partitions'])} partition(s) of {args.model} (classified by {by['name']} {by['version']})")
+    for p in manifest["partitions"]:
+        why = f"  ({p['reason']})" if p["reason"] else ""
+        print(f"  #{p['id']} {p['backend']:<11} {len(p['nodes']):>4} node(s)  {p['file']}{why}")
+    print(f"manifest {args.output}/manifest.json")
+    return 0

@@ -1,0 +1,105 @@
+"""inline-constant-if: replace an If whose condition is a constant by the branch it always takes.
+
+Summary: exporters leave ``If`` nodes on flags that are constants in the exported graph (a scripted
+``if self.flag``, a shape test after shape folding). The chosen branch's nodes move into the
+enclosing graph; the If's output tensors keep their names, so consumers and graph outputs are
+untouched.
+
+Matches:
+    If(cond = constant) {then: ...; else: ...}  ⇒  the nodes of the chosen branch
+    A branch output that is an outer-scope tensor or a constant is routed through an Identity.
+
+Requires: nothing.
+
+Rejects:
+    condition-not-constant: the condition is computed at run time.
+    condition-not-scalar: the constant condition holds more than one element.
+    output-count-mismatch: the branch has a different number of outputs than the If.
+
+Numerics: exact (the same nodes run on the same tensors). Branch-local tensor and node names that
+collide with names of the enclosing graph are renamed ``inline-constant-if/<n>``.
+"""
+from __future__ import annotations
+
+import logging
+
+import onnx_graphsurgeon as gs
+
+from surgery.graph_utils import NameGen, const_value
+from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.registry import register_pass
+
+__all__ = ["InlineConstantIfPass"]
+
+log = logging.getLogger(__name__)
+
+
+def _verdict(node: gs.Node) -> gs.Graph | str:
+    value = const_value(node.inputs[0]) if node.inputs else None
+    if value is None:
+        return "condition-not-constant"
+    if value.size != 1:
+        return "condition-not-scalar"
+    branch = node.attrs["then_branch" if bool(value.reshape(-1)[0]) else "else_branch"]
+    if len(branch.outputs) != len(node.outputs):
+        return "output-count-mismatch"
+    return branch
+
+
+@register_pass
+class InlineConstantIfPass(Pass):
+    name = "inline-constant-if"
+    summary = "Inline the branch an If with a constant condition always takes."
+    rewrites_ops = ("If",)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult()
+        found = []
+        for node in graph.nodes:
+            if node.op != "If" or (node.domain or "") not in ("", "ai.onnx"):
+                continue
+            verdict = _verdict(node)
+            if isinstance(verdict, str):
+                result.reject(verdict, node.name)
+            else:
+                found.append((node, verdict))
+        names = NameGen(graph, self.name)
+        for node, branch in found:
+            self._inline(graph, node, branch, names)
+            result.apply(node.name, "inlined")
+        if found:
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return result
+
+    @staticmethod
+    def _inline(graph: gs.Graph, node: gs.Node, branch: gs.Graph, names: NameGen) -> None:
+        produced = {id(t) for n in branch.nodes for t in n.outputs}
+        for inner in branch.nodes:
+            if inner.name in names.taken:
+                inner.name = names()
+            names.taken.add(inner.name)
+            for t in inner.outputs:
+                if t.name in names.taken:
+                    t.name = names()
+                names.taken.add(t.name)
+        outer_outputs = list(node.outputs)
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.extend(branch.nodes)
+        claimed: dict[int, gs.Tensor] = {}
+        for inner_t, outer_t in zip(branch.outputs, outer_outputs):
+            if id(inner_t) in produced and id(inner_t) not in claimed:
+                # The branch's producer writes the If's output tensor directly (its name survives).
+                claimed[id(inner_t)] = outer_t
+                src = inner_t.inputs[0]
+                src.outputs[src.outputs.index(inner_t)] = outer_t
+                for consumer in list(inner_t.outputs):
+                    for j, t in enumerate(consumer.inputs):
+                        if t is inner_t:
+                            consumer.inputs[j] = outer_t
+                if outer_t.dtype is None:
+                    outer_t.dtype, outer_t.shape = inner_t.dtype, inner_t.shape
+            else:
+                source = claimed.get(id(inner_t), inner_t)
+                graph.nodes.append(gs.Node("Identity", name=names(), inputs=[source], outputs=[outer_t]))
+        branch.nodes.clear()

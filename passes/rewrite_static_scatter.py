@@ -1,0 +1,118 @@
+"""rewrite-static-scatter: a reducing ScatterElements / ScatterND with constant, distinct indices
+becomes a plain (reduction "none") scatter of pre-reduced updates.
+
+Summary: TensorRT rejects every scatter reduction ("Unsupported reduction type", "ScatterND with
+reduction is not supported") but takes the plain forms. When no element is written twice, reducing
+into the data equals writing ``op(data[idx], update)`` once:
+
+Matches:
+    ScatterElements(x, idx, u, axis, reduction=r)  ⇒  ScatterElements(x, idx, R(GatherElements(x, idx, axis), u), axis)
+    ScatterND(x, idx, u, reduction=r)              ⇒  ScatterND(x, idx, R(GatherND(x, idx), u))
+    with R = Add / Mul / Max / Min for r = add / mul / max / min.
+
+Requires: nothing; negative indices need the static size of the axes they index.
+
+Rejects:
+    indices-not-constant: the indices are computed at run time.
+    duplicate-indices: two updates land on the same element (the reduction combines them).
+    negative-index-unknown-dim: a negative index into an axis of unknown size.
+    unknown-reduction: a reduction attribute this pass does not know.
+
+Numerics: exact; each element receives exactly one reduction, computed by the same binary op.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from surgery.graph_utils import NameGen, const_value
+from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.registry import register_pass
+
+__all__ = ["RewriteStaticScatterPass"]
+
+log = logging.getLogger(__name__)
+
+_REDUCE = {"add": "Add", "mul": "Mul", "max": "Max", "min": "Min"}
+
+
+def _dim(x: gs.Tensor, axis: int) -> int | None:
+    if x.shape is None or axis >= len(x.shape):
+        return None
+    d = x.shape[axis]
+    return int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None
+
+
+def _targets(node: gs.Node, idx: np.ndarray) -> np.ndarray | str:
+    """Every written coordinate as a row (negative indices normalised), or a rejection reason."""
+    x = node.inputs[0]
+    idx = idx.astype(np.int64)
+    if node.op == "ScatterElements":
+        axis = int(node.attrs.get("axis", 0)) % max(idx.ndim, 1)
+        if (idx < 0).any():
+            size = _dim(x, axis)
+            if size is None:
+                return "negative-index-unknown-dim"
+            idx = np.where(idx < 0, idx + size, idx)
+        grid = np.indices(idx.shape).reshape(idx.ndim, -1)
+        grid[axis] = idx.reshape(-1)
+        return grid.T
+    k = idx.shape[-1]
+    rows = idx.reshape(-1, k)
+    if (rows < 0).any():
+        sizes = [_dim(x, a) for a in range(k)]
+        if any(s is None for s in sizes):
+            return "negative-index-unknown-dim"
+        rows = np.where(rows < 0, rows + np.array(sizes), rows)
+    return rows
+
+
+@register_pass
+class RewriteStaticScatterPass(Pass):
+    name = "rewrite-static-scatter"
+    summary = "Turn reducing ScatterElements/ScatterND with constant distinct indices into plain scatters."
+    rewrites_ops = ("ScatterElements", "ScatterND")
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult()
+        found = []
+        for node in graph.nodes:
+            if node.op not in ("ScatterElements", "ScatterND") or (node.domain or "") not in ("", "ai.onnx"):
+                continue
+            reduction = node.attrs.get("reduction", "none")
+            reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+            if reduction == "none":
+                continue  # already the form TensorRT takes
+            idx = const_value(node.inputs[1])
+            if reduction not in _REDUCE:
+                reason = "unknown-reduction"
+            elif idx is None:
+                reason = "indices-not-constant"
+            else:
+                rows = _targets(node, np.asarray(idx))
+                reason = rows if isinstance(rows, str) else (
+                    "duplicate-indices" if len(np.unique(rows, axis=0)) != len(rows) else None)
+            if reason:
+                result.reject(reason, node.name)
+            else:
+                found.append((node, _REDUCE[reduction]))
+        names = NameGen(graph, self.name)
+        for node, op in found:
+            x, idx, updates = node.inputs
+            gathered = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
+            combined = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
+            if node.op == "ScatterElements":
+                gather = gs.Node("GatherElements", name=names(), attrs={"axis": int(node.attrs.get("axis", 0))},
+                                 inputs=[x, idx], outputs=[gathered])
+            else:
+                gather = gs.Node("GatherND", name=names(), inputs=[x, idx], outputs=[gathered])
+            reduce = gs.Node(op, name=names(), inputs=[gathered, updates], outputs=[combined])
+            node.inputs[2] = combined
+            node.attrs.pop("reduction")
+            graph.nodes.extend([gather, reduce])
+            result.apply(node.name, f"{node.op}:{op}")
+        if found:
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return result

@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip a pass (repeatable)")
     parser.add_argument("--input-shapes", nargs="+", metavar="SHAPE",
                         help="fix dynamic input dims: x:[1,3,224,224] or x:1x3x224x224")
+    parser.add_argument("--precision", choices=("fp16", "bf16"),
+                        help="finally convert to fp16/bf16, keeping sensitive islands in fp32 (convert-precision)")
+    parser.add_argument("--no-keep-io-types", dest="keep_io_types", action="store_false",
+                        help="with --precision: let graph inputs/outputs change type too")
     parser.add_argument("--emit", choices=("onnx", "plugin", "ort"), default="onnx", help="what fusions emit")
     parser.add_argument("--explain", action="append", default=[], metavar="PASS",
                         help="list each candidate site of PASS and why it was or was not rewritten")
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, passes=args.passes, disable=frozenset(args.disable),
         input_shapes=parse_shapes(args.input_shapes) if args.input_shapes else None, emit=args.emit,
         explain=frozenset(args.explain), validate_each=args.validate_each, spec=args.spec, dump_dir=args.dump_dir,
-        external_data=args.external_data, in_place=args.in_place,
+        external_data=args.external_data, in_place=args.in_place, precision=args.precision,
+        keep_io_types=args.keep_io_types,
     )
     report = optimize_file(args.model, output, opts)
     _print_summary(report)

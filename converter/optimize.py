@@ -29,6 +29,8 @@ class OptimizeOptions:
     dump_dir: Path | None = None
     external_data: bool | None = None
     in_place: bool = False
+    precision: str | None = None  # "fp16" or "bf16": append convert-precision
+    keep_io_types: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,6 +57,8 @@ def pipeline_spec(opts: OptimizeOptions) -> str:
         from passes import SHAPES_PREFIX
 
         spec = f"{SHAPES_PREFIX},{spec}"
+    if opts.precision:
+        spec = f"{spec},convert-precision"
     return spec
 
 
@@ -81,6 +85,8 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     options = {"emit": opts.emit, **opts.extra}
     if opts.input_shapes:
         options["input_shapes"] = opts.input_shapes
+    if opts.precision:
+        options.update(precision=opts.precision, keep_io_types=opts.keep_io_types)
     ctx = PassContext(options=options, explain=opts.explain, dump_dir=opts.dump_dir)
     hooks: list[PassHook] = [_Progress(len(steps))]
     if opts.validate_each:

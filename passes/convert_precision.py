@@ -57,6 +57,7 @@ class ConvertPrecisionPass(Pass):
     name = "convert-precision"
     summary = "Run float32 compute in fp16/bf16 with fp32 islands for normalizations and large constants."
     tags = frozenset({"precision"})
+    tolerance = (1e-2, 1e-2)
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         if ctx.option("precision", "fp16") not in _TYPES:

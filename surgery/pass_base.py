@@ -62,6 +62,8 @@ class Pass(ABC):
     summary: ClassVar[str] = ""
     tags: ClassVar[frozenset[str]] = frozenset()
     preserves: ClassVar[frozenset[str]] = frozenset()
+    # (rtol, atol) a pass is allowed to move outputs by, e.g. a precision change; None: exact rewrites
+    tolerance: ClassVar[tuple[float, float] | None] = None
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Raise ``PreconditionError`` if the pass cannot run on this graph."""

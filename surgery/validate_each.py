@@ -35,6 +35,8 @@ class NumericGuard(PassHook):
     def after(self, step: Pass, graph: gs.Graph, ctx: PassContext, result: PassResult) -> None:
         if not result.changed:
             return
+        if step.tolerance:  # a deliberately inexact pass loosens the bar for itself and what follows
+            self.rtol, self.atol = max(self.rtol, step.tolerance[0]), max(self.atol, step.tolerance[1])
         model = to_model(graph, like=self.like)
         got = run_ort(model, self.feeds, outputs=list(self.reference))
         self.checked += 1

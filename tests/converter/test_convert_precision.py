@@ -78,3 +78,20 @@ def test_transformer_samples_fp16_within_1e_2(path):
     assert result.changed > 0 and result.notes
     feeds = random_feeds(load_spec(Path(path).with_suffix(".spec.json")), seed=0)
     _close(model, out, feeds)
+
+
+def test_cli_precision_flag_converts_and_validate_each_allows_its_tolerance(tmp_path, capsys):
+    import json
+
+    from converter.cli import main
+    from tests.samples import sample_path
+
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert main(["optimize", str(sample_path("bert_ts_op14")), "-o", str(out), "--preset", "trt",
+                 "--precision", "fp16", "--validate-each", "--report", str(report)]) == 0
+    last = json.loads(report.read_text())["passes"][-1]
+    assert last["name"] == "convert-precision" and last["changed"] > 0
+    assert any(note.startswith("kept in fp32") for note in last["notes"])
+    model = onnx.load(out)
+    assert {i.type.tensor_type.elem_type for i in model.graph.output} == {onnx.TensorProto.FLOAT}
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)

@@ -24,6 +24,7 @@ from converter.backends import Backend, make_logger
 from converter.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
 from converter.specs import resolve_spec
 from converter.static_support import classify as static_classify
+from converter.trt_plugins import register_python_plugins
 from converter.trt_raw import attribute_build_error, build_check_isolated, create_network
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
@@ -85,7 +86,7 @@ class CapabilityReport:
 
 
 def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
-    """Load plugin libraries with ctypes and register TensorRT's own plugins."""
+    """Load plugin libraries with ctypes, register TensorRT's own plugins, then onnx-surgery's Python plugins."""
     for lib in libraries:
         if not Path(lib).is_file():
             raise UserInputError(f"{lib}: no such plugin library")
@@ -95,6 +96,8 @@ def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger
             raise UserInputError(f"{lib}: cannot load plugin library ({exc})") from None
     if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
         trt.init_libnvinfer_plugins(logger or make_logger(trt), "")
+    if trt is not None:  # after the libraries, so a C++ build of the same plugin takes precedence
+        register_python_plugins(trt)
 
 
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
@@ -214,8 +217,9 @@ def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatu
         collision = remedies.foreign_collision(n.op, n.domain)
         if collision:
             n.mark("unsupported", "foreign-domain", collision, n.detail)
-        elif n.status != "supported" and remedies.is_plugin_node(n.domain, attrs) and backend.is_library:
-            kind, reason = remedies.plugin_problem(backend.module, n.op, attrs)
+        elif remedies.is_plugin_node(n.domain, attrs):  # every plugin node, even one the parser took
+            trt = backend.module if backend.is_library else None
+            kind, reason = remedies.plugin_problem(trt, n.op, attrs)
             if kind != "ok":
                 n.mark("unsupported", kind, reason, n.detail)
         if n.status != "supported":

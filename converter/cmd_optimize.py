@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store weights in OUT.data (automatic above 2 GB)")
     parser.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument("--plugin-map", type=Path, metavar="FILE.toml",
+                        help="map ops or fusion patterns to TensorRT plugins (appends map-plugins; README 'Plugin maps')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         external_data=args.external_data, in_place=args.in_place, precision=args.precision,
         keep_io_types=args.keep_io_types,
     )
+    if args.plugin_map:
+        from converter.plugin_map import load_plugin_map
+
+        opts.extra["plugin_map"] = load_plugin_map(args.plugin_map)
     report = optimize_file(args.model, output, opts)
     _print_summary(report)
     if args.report:

@@ -59,6 +59,8 @@ def pipeline_spec(opts: OptimizeOptions) -> str:
         spec = f"{SHAPES_PREFIX},{spec}"
     if opts.precision:
         spec = f"{spec},convert-precision"
+    if opts.extra.get("plugin_map") is not None and "map-plugins" not in spec:
+        spec = f"{spec},map-plugins"  # --plugin-map: map last, after the fusions whose nodes it may take
     return spec
 
 

@@ -5,7 +5,8 @@
 * ``foreign_collision`` flags ops from another domain whose name is also an ONNX op: the TensorRT
   parser ignores the domain, so e.g. ``com.microsoft:Attention`` would be imported as ONNX Attention
   with different inputs and meaning.
-* ``plugin_problem`` tells "plugin not loaded" from "plugin field mismatch" using the plugin registry.
+* ``plugin_problem`` tells "plugin not loaded" from "plugin field mismatch" (and a plugin named like an
+  ONNX op) using the plugin registry and the plugin catalog (``plugin_check``).
 * ``remedy_for`` names a registered pass that rewrites the op, a described plugin, or says there is
   no known remedy.
 """
@@ -15,6 +16,7 @@ import re
 from types import ModuleType
 from typing import Any
 
+from converter.plugin_check import diagnose
 from converter.static_support import ONNX_DOMAINS, onnx_op_exists
 from surgery.plugins import PLUGIN_DOMAIN, plugin_specs
 from surgery.registry import list_passes
@@ -25,6 +27,9 @@ _TRANSLATIONS: list[tuple[str, str]] = [
     (r"(\w+) plugin creator version \S+ was not found", "TensorRT-RTX has no built-in {0}: it needs a {0} plugin, and none is registered"),
     (r"Plugin not found, are the plugin name, version, and namespace correct",
      "TensorRT has no importer for '{op}' and no plugin of that name/version/namespace is registered"),
+    (r"Could not create the plugin",
+     "the registered creator of '{op}' refused to create it: a field value it rejects, or no usable GPU "
+     "(TensorRT instantiates plugins on the device even while parsing)"),
     (r"Node input was not registered", "an input of this node is missing (not a graph input, initializer or earlier output)"),
     (r"Attention operation was not supported by a dedicated kernel",
      "no fused attention kernel exists for this dtype/head size; mark attention decomposable "
@@ -72,26 +77,9 @@ def is_plugin_node(domain: str, attrs: dict[str, Any]) -> bool:
 
 
 def plugin_problem(trt: ModuleType | None, op: str, attrs: dict[str, Any]) -> tuple[str, str]:
-    """(kind, reason) for a plugin node: plugin-not-loaded, plugin-field-mismatch, or ok."""
-    version = str(attrs.get("plugin_version", "1"))
-    namespace = str(attrs.get("plugin_namespace", ""))
-    if trt is None or not hasattr(trt, "get_plugin_registry"):
-        return "plugin-not-loaded", f"plugin '{op}' cannot be looked up (no TensorRT plugin registry)"
-    creators = [c for c in trt.get_plugin_registry().all_creators if c.name == op]
-    if not creators:
-        return "plugin-not-loaded", f"plugin '{op}' is not in the TensorRT plugin registry (load its library with --plugins)"
-    exact = [c for c in creators if str(c.plugin_version) == version and str(c.plugin_namespace) == namespace]
-    if not exact:
-        have = ", ".join(f"v{c.plugin_version} ns '{c.plugin_namespace}'" for c in creators)
-        return ("plugin-not-loaded",
-                f"plugin '{op}' v{version} namespace '{namespace}' is not registered (registered: {have})")
-    fields = {f.name for f in (exact[0].field_names or [])}
-    given = {k for k in attrs if k not in ("plugin_version", "plugin_namespace")}
-    extra, missing = sorted(given - fields), sorted(fields - given)
-    if fields and (extra or missing):
-        return ("plugin-field-mismatch",
-                f"plugin '{op}' fields differ from the registered creator (unknown: {extra or '-'}; not given: {missing or '-'})")
-    return "ok", ""
+    """(kind, reason) for a plugin node: plugin-name-collision, plugin-not-loaded, plugin-field-mismatch, or ok
+    (see ``converter.plugin_check.diagnose``)."""
+    return diagnose(trt, op, attrs)
 
 
 def remedy_for(op: str, domain: str, kind: str) -> str:
@@ -107,6 +95,8 @@ def remedy_for(op: str, domain: str, kind: str) -> str:
     for name, cls in registered.items():
         if op in getattr(cls, "rewrites_ops", ()):
             return f"pass {name}"
+    if kind == "plugin-name-collision":
+        return "give the plugin a name that is no ONNX op (or write the ONNX op itself where TensorRT imports it)"
     if kind in ("plugin-not-loaded", "plugin-field-mismatch"):
         spec = plugin_specs().get(op)
         if spec is not None:

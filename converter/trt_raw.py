@@ -122,6 +122,9 @@ def _probe_main() -> None:
     module_name, data, path, specs, decomposable = pickle.load(sys.stdin.buffer)
     trt = importlib.import_module(module_name)
     try:
+        from converter.trt_plugins import register_python_plugins
+
+        register_python_plugins(trt)  # the parent's registry does not reach this process
         result = build_check(trt, data, path, specs, decomposable)
     except Exception as exc:  # report it; the parent turns it into a build failure
         result = (False, f"{type(exc).__name__}: {exc}", [])

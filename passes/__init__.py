@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from passes import (  # noqa: F401  (imported for registration)
+    canonicalize_attention_layout,
     cast_unsupported_dtypes,
     collapse_reshapes,
     convert_precision,
@@ -12,10 +13,12 @@ from passes import (  # noqa: F401  (imported for registration)
     fuse_gelu,
     fuse_groupnorm,
     fuse_layernorm,
+    fuse_rotary,
     fuse_rmsnorm,
     fuse_skip_layernorm,
     infer_shapes,
     inline_constant_if,
+    map_plugins,
     merge_transposes,
     normalize_resize,
     remove_dead_nodes,
@@ -39,5 +42,5 @@ register_preset("default", f"{CLEANUP},{SIMPLIFY}")
 REPLACE = "rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,normalize-resize"
 # Fusions run after cleanup so dynamic-shape arithmetic is folded and chains are canonical; norms
 # before GELU/attention (fuse-rmsnorm refuses mean-centred inputs, so LayerNorm is never taken for it).
-FUSE = "fuse-layernorm,fuse-rmsnorm,fuse-groupnorm,fuse-gelu,fuse-attention,fuse-skip-layernorm"
+FUSE = "fuse-layernorm,fuse-rmsnorm,fuse-groupnorm,fuse-gelu,canonicalize-attention-layout,fuse-rotary,fuse-attention,fuse-skip-layernorm"
 register_preset("trt", f"{CLEANUP},{SIMPLIFY},{FUSE},{SIMPLIFY}")

@@ -143,7 +143,7 @@ def static_heads(q: gs.Tensor, depth: int = 4) -> int | None:
     node = q.inputs[0] if len(q.inputs) == 1 else None
     if node is None or depth == 0:
         return None
-    if node.op in ("Add", "Mul", "Cast") and not isinstance(node.inputs[0], gs.Constant):
+    if node.op in ("Add", "Mul", "Cast", "RotaryEmbedding") and not isinstance(node.inputs[0], gs.Constant):
         return static_heads(node.inputs[0], depth - 1)
     if node.op != "Transpose" or list(node.attrs.get("perm", [])) != [0, 2, 1, 3]:
         return None

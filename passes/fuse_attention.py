@@ -32,7 +32,8 @@ Rejects:
     need a static head count), gqa-no-ort-op (MultiHeadAttention needs equal head counts; the non-GQA
     variant then fuses with the repeat kept), opset-raise-refused (detail in notes).
     Not matched, and said so by --explain: the tf2onnx lowering of Keras MultiHeadAttention's einsums
-    (5-D Reshape/Transpose chains, Softmax on axis 2), KV-cache Concats, RotaryEmbedding fusion.
+    (5-D Reshape/Transpose chains, Softmax on axis 2: run canonicalize-attention-layout first, as the
+    trt preset does), KV-cache Concats. Rotary embedding is fuse-rotary's; either form of Q/K is fine.
 
 Numerics:
     Attention computes softmax(Q·K^T·scale + mask)·V in one kernel; with fp32 the result agrees with
@@ -191,7 +192,8 @@ class FuseAttentionPass(PatternRewritePass):
         nxt = [c.op for c in node.outputs[0].outputs]
         prev = node.inputs[0].inputs[0].op if node.inputs[0].inputs else "input"
         if int(node.attrs.get("axis", -1)) not in (-1, 3):
-            return f"softmax-axis-{node.attrs.get('axis')} (Keras/tf2onnx Einsum form with transposed scores is not fused)"
+            return (f"softmax-axis-{node.attrs.get('axis')} (transposed scores; canonicalize-attention-layout rewrites "
+                    "the Keras/tf2onnx einsum form, see its --explain)")
         if "MatMul" not in nxt and "Cast" not in nxt:
             return f"softmax-output-not-matmul (feeds {nxt})"
         return f"no-attention-pattern (Softmax input from {prev}; Q/K/scale/mask structure not recognised)"

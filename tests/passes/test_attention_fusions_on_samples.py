@@ -10,10 +10,10 @@ from tests.samples import manifest, sample_path, spec_path
 
 CLEANUP = "infer-shapes,fold-constants,remove-dead-nodes"
 TOL = dict(rtol=1e-4, atol=1e-4)
-# Keras MultiHeadAttention through tf2onnx: the einsums become 5-D Reshape/Transpose/MatMul chains and
-# Softmax runs on axis 2 of transposed scores; fuse-attention explains these sites but does not fuse them.
-KNOWN_GAPS = {("keras_mha", "attention"): "tf2onnx Einsum-lowered attention (softmax axis 2) is not matched"}
-PASSES = {"gelu": "fuse-gelu", "attention": "fuse-attention"}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
+# attention runs behind canonicalize-attention-layout, as in the trt preset: it turns Keras/tf2onnx's
+# 5-D einsum form (Softmax on axis 2 of transposed scores) into the 4-D form fuse-attention matches.
+PASSES = {"gelu": ("fuse-gelu",), "attention": ("canonicalize-attention-layout", "fuse-attention")}
 
 
 def _cases() -> list:
@@ -34,12 +34,13 @@ def _cleaned(name: str):
     return graph
 
 
-@pytest.mark.parametrize("name,pass_name,want", _cases())
+@pytest.mark.parametrize("name,pass_names,want", _cases())
 @pytest.mark.parametrize("emit", ["onnx", "ort"])
-def test_fused_count_matches_manifest_and_outputs_agree(name, pass_name, want, emit):
+def test_fused_count_matches_manifest_and_outputs_agree(name, pass_names, want, emit):
     graph = _cleaned(name)
     original = to_model(graph)
-    result = get_pass(pass_name).run(graph, PassContext(options={"emit": emit}))
+    for pass_name in pass_names:
+        result = get_pass(pass_name).run(graph, PassContext(options={"emit": emit}))
     fused = to_model(graph, like=original)
     assert result.changed == want, result.sites
     feeds = random_feeds(load_spec(spec_path(name)), seed=0)
@@ -49,12 +50,21 @@ def test_fused_count_matches_manifest_and_outputs_agree(name, pass_name, want, e
         np.testing.assert_allclose(got[key], value, err_msg=key, **TOL)
 
 
-def test_explain_says_why_keras_attention_is_not_fused():
+def test_explain_says_why_keras_attention_is_not_fused_without_canonicalization():
     graph = _cleaned("keras_mha")
     result = get_pass("fuse-attention").run(graph, PassContext(explain=frozenset({"fuse-attention"})))
     assert result.changed == 0
     assert [s["outcome"] for s in result.sites] == ["unmatched", "unmatched"]
-    assert all(s["reason"].startswith("softmax-axis-2") for s in result.sites)
+    assert all(s["reason"].startswith("softmax-axis-2") and "canonicalize-attention-layout" in s["reason"] for s in result.sites)
+
+
+def test_canonicalized_keras_attention_fuses_at_the_original_softmax_sites():
+    graph = _cleaned("keras_mha")
+    canon = get_pass("canonicalize-attention-layout").run(graph, PassContext())
+    fused = get_pass("fuse-attention").run(graph, PassContext(explain=frozenset({"fuse-attention"})))
+    sites = ["keras_mha/mha_0/Softmax_0", "keras_mha/mha_1/Softmax_0"]
+    assert canon.changed == 2 and [s["site"] for s in canon.sites] == sites
+    assert [(s["site"], s["outcome"]) for s in fused.sites] == [(site, "fused:kbshd/qmul/none/0:k") for site in sites]
 
 
 @pytest.mark.trt

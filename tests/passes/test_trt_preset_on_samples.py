@@ -18,10 +18,8 @@ KIND_OPS = {  # ops that count as one fused block of each kind, per emit target
     "ort": {"layernorm": {"LayerNormalization", "SkipLayerNormalization"}, "rmsnorm": {"RMSNormalization"},
             "gelu": {"Gelu", "FastGelu", "BiasGelu"}, "attention": {"MultiHeadAttention"}, "groupnorm": set()},
 }
-# Known gaps, stated rather than hidden: tf2onnx lowers Keras MHA's einsums into 5-D chains with
-# Softmax on axis 2, which fuse-attention does not match yet; onnxruntime has no CPU GroupNorm kernel.
-GAPS = {("keras_mha", "attention"): "tf2onnx 5-D attention form not matched",
-        ("unet_ts", "groupnorm", "ort"): "no onnxruntime CPU GroupNorm", ("unet_dynamo", "groupnorm", "ort"): "no onnxruntime CPU GroupNorm"}
+# Known gaps, stated rather than hidden: onnxruntime has no CPU GroupNorm kernel.
+GAPS = {("unet_ts", "groupnorm", "ort"): "no onnxruntime CPU GroupNorm", ("unet_dynamo", "groupnorm", "ort"): "no onnxruntime CPU GroupNorm"}
 TRANSFORMERS = [e for e in manifest() if any(e["blocks"].values())]
 
 

@@ -4,8 +4,8 @@ Summary:
     tf2onnx lowers Keras MHA's einsums into 5-D Unsqueeze/Transpose/Reshape chains around two 3-D
     MatMuls, with transposed scores [B,H,Sk,Sq] and Softmax on axis 2, which ``fuse-attention`` does
     not recognise. This pass rewrites each such core into the [B,H,S,D] form that ``fuse-attention``
-    matches (variant ``kbshd``): it runs just before ``fuse-attention`` in the ``trt`` preset, and on
-    its own it removes 16 layout ops per site.
+    matches (variant ``kbshd``): it runs just before ``fuse-attention`` in the ``trt`` preset. On its
+    own it replaces 43 nodes (5-D layout ops and their run-time shape plumbing) by 7 per dynamic-batch site.
 
 Matches (variants in passes/_attention_keras.py)::
 

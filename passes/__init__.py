@@ -38,9 +38,11 @@ SIMPLIFY = "fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,cse,fold
 # The CLI prepends this (with a comma) to the pipeline when --input-shapes is given.
 SHAPES_PREFIX = "specialize-shapes"
 register_preset("default", f"{CLEANUP},{SIMPLIFY}")
-# Replace what TensorRT cannot take (issue 5); run CLEANUP after it. Not yet part of a preset.
-REPLACE = "rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,normalize-resize"
+# Replace what TensorRT cannot take: after CLEANUP (masks, trip counts and conditions are folded to
+# constants by then) and before SIMPLIFY, which tidies what the rewrites leave.
+REPLACE = ("rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,"
+           "normalize-resize,cast-unsupported-dtypes")
 # Fusions run after cleanup so dynamic-shape arithmetic is folded and chains are canonical; norms
 # before GELU/attention (fuse-rmsnorm refuses mean-centred inputs, so LayerNorm is never taken for it).
 FUSE = "fuse-layernorm,fuse-rmsnorm,fuse-groupnorm,fuse-gelu,canonicalize-attention-layout,fuse-rotary,fuse-attention,fuse-skip-layernorm"
-register_preset("trt", f"{CLEANUP},{SIMPLIFY},{FUSE},{SIMPLIFY}")
+register_preset("trt", f"{CLEANUP},{REPLACE},{SIMPLIFY},{FUSE},{SIMPLIFY}")

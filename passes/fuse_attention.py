@@ -59,7 +59,6 @@ import onnx_graphsurgeon as gs
 
 from passes import _attention_match as am
 from surgery.graph_utils import NameGen, scalar_value
-from surgery.opset import raise_opset
 from surgery.pass_base import PassContext, PassResult
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
@@ -74,7 +73,6 @@ ATTENTION_PLUGIN = register_plugin(PluginSpec(
 
 MS_DOMAIN = "com.microsoft"
 ATTENTION_OPSET = 23
-EMITS = ("onnx", "ort", "plugin")
 
 
 @register_pass
@@ -83,19 +81,14 @@ class FuseAttentionPass(PatternRewritePass):
     summary = "Fuse the Q·K^T/softmax/·V attention core into Attention-23, com.microsoft MHA, or SurgeryAttention"
     tags = frozenset({"fusion"})
     anchor_ops = ("Softmax",)
+    emits = ("onnx", "ort", "plugin")
 
-    def __init__(self, emit: str | None = None) -> None:
-        self.emit = emit
+    def __init__(self) -> None:
         self._cache: dict[frozenset[str], dict[str, gs.GraphPattern]] = {}
         self._ops: frozenset[str] = frozenset()
-        self._opset_state: str | None = None
-        self._notes: list[str] = []
 
-    def _emit(self, ctx: PassContext) -> str:
-        emit = self.emit or ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise ValueError(f"fuse-attention: emit must be one of {EMITS}, got {emit!r}")
-        return emit
+    def required_opset(self, ctx: PassContext) -> int | None:
+        return ATTENTION_OPSET if self.emit(ctx) == "onnx" else None
 
     def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
         if "Softmax" not in self._ops:
@@ -106,16 +99,12 @@ class FuseAttentionPass(PatternRewritePass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         self._ops = frozenset(Counter(n.op for n in graph.nodes))
-        self._opset_state, self._notes = None, []
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):
-            result = super().run(graph, ctx)
-        result.notes.extend(self._notes)
-        return result
+        return super().run(graph, ctx)
 
     def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
         qk, scale, mask, casts = am.parse_variant(variant)
         names = am.variant_variables(variant)
-        emit = self._emit(ctx)
+        emit = self.emit(ctx)
         if am.scale_of(m, scale) is None:
             return "scale-not-scalar"
         if mask.startswith("where") and not am.is_large_negative(m.constants["fill"]):
@@ -138,20 +127,7 @@ class FuseAttentionPass(PatternRewritePass):
             return "num-heads-unknown"
         if emit == "ort" and qk == "gqa":
             return "gqa-no-ort-op"
-        if emit == "onnx":
-            return self._ensure_opset(graph)
         return None
-
-    def _ensure_opset(self, graph: gs.Graph) -> str | None:
-        if self._opset_state is None:
-            before = int(graph.opset)
-            refusal = raise_opset(graph, ATTENTION_OPSET)
-            self._opset_state = refusal or ""
-            if refusal:
-                self._notes.append(f"opset {before} -> {ATTENTION_OPSET} refused: {refusal}")
-            elif before < ATTENTION_OPSET:
-                self._notes.append(f"opset raised {before} -> {ATTENTION_OPSET} for Attention")
-        return "opset-raise-refused" if self._opset_state else None
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
         qk, scale_kind, mask, _ = am.parse_variant(variant)
@@ -176,7 +152,7 @@ class FuseAttentionPass(PatternRewritePass):
         if mask_t is not None and not _mask_rows_known(mask_t, q):  # e.g. a [B,1,1,Sk] padding mask
             mask_t = _expand_rows(mask_t, q, k, names, new)
         scale = float(am.scale_of(m, scale_kind))
-        emit = self._emit(ctx)
+        emit = self.emit(ctx)
         if emit == "onnx":
             attrs = {"scale": scale, **({"is_causal": 1} if causal else {})}
             ins = [q, k, v] + ([mask_t] if mask_t is not None else [])

@@ -52,7 +52,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, commuted_patterns, const_value, is_const, scalar_value
-from surgery.opset import raise_opset
 from surgery.pass_base import PassContext, PassResult
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
@@ -65,7 +64,6 @@ GELU_PLUGIN = register_plugin(PluginSpec(
 MS_DOMAIN = "com.microsoft"
 GELU_OPSET = 20
 RTOL = 1e-3
-EMITS = ("onnx", "ort", "plugin")
 _EXPECTED = {
     "erf": {"k:Div": math.sqrt(2.0), "k:Mul": 1 / math.sqrt(2.0), "one": 1.0, "half": 0.5},
     "tanh": {"three": 3.0, "kappa": 0.044715, "beta": math.sqrt(2.0 / math.pi), "one": 1.0, "half": 0.5},
@@ -95,19 +93,14 @@ class FuseGeluPass(PatternRewritePass):
     summary = "Fuse erf/tanh/sigmoid GELU decompositions into Gelu (onnx), com.microsoft Gelu ops, or SurgeryGelu"
     tags = frozenset({"fusion"})
     anchor_ops = ("Erf", "Tanh", "Sigmoid")
+    emits = ("onnx", "ort", "plugin")
 
-    def __init__(self, emit: str | None = None) -> None:
-        self.emit = emit
+    def __init__(self) -> None:
         self._cache: dict[str, gs.GraphPattern] = {}
         self._ops: Counter = Counter()
-        self._opset_state: str | None = None  # None: not tried, "": raised or not needed, else refusal
-        self._notes: list[str] = []
 
-    def _emit(self, ctx: PassContext) -> str:
-        emit = self.emit or ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise ValueError(f"fuse-gelu: emit must be one of {EMITS}, got {emit!r}")
-        return emit
+    def required_opset(self, ctx: PassContext) -> int | None:
+        return GELU_OPSET if self.emit(ctx) == "onnx" else None
 
     def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
         if not self._cache:
@@ -129,11 +122,7 @@ class FuseGeluPass(PatternRewritePass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         self._ops = Counter(n.op for n in graph.nodes)
-        self._opset_state, self._notes = None, []
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):
-            result = super().run(graph, ctx)
-        result.notes.extend(self._notes)
-        return result
+        return super().run(graph, ctx)
 
     def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
         form = _form(variant)
@@ -147,26 +136,10 @@ class FuseGeluPass(PatternRewritePass):
             got = scalar_value(m.constants[name])
             if got is None or not math.isclose(got, want, rel_tol=RTOL) or (name == "three" and got != 3.0):
                 return {"erf": "erf-constant-mismatch", "tanh": "tanh-constant-mismatch"}.get(form, "sigmoid-constant-mismatch")
-        emit = self._emit(ctx)
-        if emit == "onnx":
-            if form == "quick":
-                return "no-onnx-op"
-            return self._ensure_opset(graph)
-        return None
-
-    def _ensure_opset(self, graph: gs.Graph) -> str | None:
-        if self._opset_state is None:
-            before = int(graph.opset)
-            refusal = raise_opset(graph, GELU_OPSET)
-            self._opset_state = refusal or ""
-            if refusal:
-                self._notes.append(f"opset {before} -> {GELU_OPSET} refused: {refusal}")
-            elif before < GELU_OPSET:
-                self._notes.append(f"opset raised {before} -> {GELU_OPSET} for Gelu")
-        return "opset-raise-refused" if self._opset_state else None
+        return "no-onnx-op" if form == "quick" and self.emit(ctx) == "onnx" else None
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        form, emit = _form(variant), self._emit(ctx)
+        form, emit = _form(variant), self.emit(ctx)
         x, out = m.inputs[0], m.outputs[0]
         if emit == "plugin":
             approx = {"erf": 0, "tanh": 1, "quick": 2}[form]

@@ -38,9 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.errors import UserInputError
 from surgery.graph_utils import (
-    NameGen, OpsetGate, add_reduce, add_rsqrt_normalize, channel_vector, const_value, disconnect, is_const,
+    NameGen, add_reduce, add_rsqrt_normalize, channel_vector, const_value, disconnect, is_const,
     is_last_axis, producer, reduce_axes, rsqrt_normalize_eps, scalar_value, tensor_rank,
 )
 from surgery.pass_base import PassContext, PassResult
@@ -48,7 +47,6 @@ from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
 from surgery.rewrite import PatternRewritePass
 
-EMITS = ("onnx", "ort", "plugin")
 GROUPNORM_OPSET = 21
 GROUPNORM_PLUGIN = register_plugin(PluginSpec(
     op="SurgeryGroupNorm", version="1", namespace="onnx_surgery",
@@ -98,20 +96,17 @@ class FuseGroupNormPass(PatternRewritePass):
     name = "fuse-groupnorm"
     summary = "Fuse PyTorch GroupNorm exports (+ optional SiLU for plugins) into GroupNormalization-21 or a plugin"
     anchor_ops = ("InstanceNormalization",)
+    emits = ("onnx", "ort", "plugin")
+
+    def required_opset(self, ctx: PassContext) -> int | None:
+        return GROUPNORM_OPSET if self.emit(ctx) == "onnx" else None
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        emit = ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise UserInputError(f"fuse-groupnorm: emit must be one of {', '.join(EMITS)}, got {emit!r}")
-        self._emit = emit
-        self._gate = OpsetGate(graph, GROUPNORM_OPSET if emit == "onnx" else None)
+        self._emit = self.emit(ctx)
         self._axes_input = int(graph.opset) >= 18
         self._graph_outputs = {t.name for t in graph.outputs}
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-            result = super().run(graph, ctx)
-        if self._gate.reason:
-            result.notes.append(f"raising the opset to {GROUPNORM_OPSET} was refused: {self._gate.reason}")
-        if emit == "ort" and result.stats.get("rejected:ort-groupnorm-no-cpu-kernel"):
+        result = super().run(graph, ctx)
+        if self._emit == "ort" and result.stats.get("rejected:ort-groupnorm-no-cpu-kernel"):
             result.notes.append("ort: com.microsoft GroupNorm (channels_last layout) has no CPU kernel in onnxruntime; "
                                 "use emit=onnx (GroupNormalization-21 runs on onnxruntime CPU)")
         return result
@@ -123,13 +118,10 @@ class FuseGroupNormPass(PatternRewritePass):
         _, reason = self._analyse(m, variant)
         if reason is None and self._emit == "ort":
             reason = "ort-groupnorm-no-cpu-kernel"
-        if reason is None and self._gate.check():
-            reason = "opset-raise-refused"
         return reason
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
         site, _ = self._analyse(m, variant)
-        self._gate.apply()
         out, name = m.outputs[0], names()
         if self._emit == "plugin":
             if site.silu is not None:

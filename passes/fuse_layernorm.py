@@ -42,10 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.errors import UserInputError
 from surgery.graph_utils import (
-    AFFINE_TAILS, RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, OpsetGate, add_affine_tail, add_reduce, add_rsqrt_normalize,
-    cast_island_source, channel_vector, const_value, is_const, is_last_axis, last_dim, reduce_axes,
+    AFFINE_TAILS, RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, add_affine_tail, add_reduce, add_rsqrt_normalize,
+    channel_vector, const_value, is_const, is_last_axis, last_dim, norm_input_and_scale, reduce_axes,
     rsqrt_normalize_eps, scalar_value, tensor_rank,
 )
 from surgery.pass_base import PassContext, PassResult
@@ -53,7 +52,6 @@ from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
 from surgery.rewrite import PatternRewritePass
 
-EMITS = ("onnx", "ort", "plugin")
 LAYERNORM_OPSET = 17
 LAYERNORM_PLUGIN = register_plugin(PluginSpec(
     op="SurgeryLayerNorm", version="1", namespace="onnx_surgery",
@@ -135,21 +133,17 @@ class FuseLayerNormPass(PatternRewritePass):
     name = "fuse-layernorm"
     summary = "Fuse decomposed LayerNorm (PyTorch, tf2onnx, fp16 Cast islands) into LayerNormalization or a plugin"
     anchor_ops = ("ReduceMean", "GlobalAveragePool")
+    emits = ("onnx", "ort", "plugin")
+
+    def required_opset(self, ctx: PassContext) -> int | None:
+        return None if self.emit(ctx) == "plugin" else LAYERNORM_OPSET
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        emit = ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise UserInputError(f"fuse-layernorm: emit must be one of {', '.join(EMITS)}, got {emit!r}")
-        self._emit = emit
-        self._gate = OpsetGate(graph, None if emit == "plugin" else LAYERNORM_OPSET)
         self._axes_input = int(graph.opset) >= 18
         present = {n.op for n in graph.nodes}
         self._variants = {v.key: v for v in _variants() if v.ops <= present}
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-            result = super().run(graph, ctx)
-        if self._gate.reason:
-            result.notes.append(f"raising the opset to {LAYERNORM_OPSET} was refused: {self._gate.reason}")
-        if emit == "ort" and result.changed:
+        result = super().run(graph, ctx)
+        if self.emit(ctx) == "ort" and result.changed:
             result.notes.append("ort: emitted standard LayerNormalization (onnxruntime has no com.microsoft LayerNormalization)")
         return result
 
@@ -158,16 +152,12 @@ class FuseLayerNormPass(PatternRewritePass):
         return {key: build[v.family](v, self._axes_input) for key, v in self._variants.items()}
 
     def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        _, reason = self._analyse(m, self._variants[variant])
-        if reason is None and self._gate.check():
-            reason = "opset-raise-refused"
-        return reason
+        return self._analyse(m, self._variants[variant])[1]
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
         site, _ = self._analyse(m, self._variants[variant])
-        self._gate.apply()
         out, name = m.outputs[0], names()
-        if self._emit == "plugin":
+        if self.emit(ctx) == "plugin":
             beta = site.beta if site.beta is not None else np.zeros_like(site.gamma)
             return [make_plugin_node(LAYERNORM_PLUGIN, [site.x], [out], {"epsilon": site.eps, "gamma": site.gamma, "beta": beta}, name)]
         inputs = [site.x, gs.Constant(f"{name}/scale", site.gamma)]
@@ -208,17 +198,10 @@ class FuseLayerNormPass(PatternRewritePass):
             beta = channel_vector(const_value(beta_t), size, rank)
             if beta is None or (gamma is not None and beta.size != gamma.size):
                 return None, "bias-shape-mismatch"
-        x_in = x
-        if v.cast:
-            x_in = cast_island_source(x, m.get("cast"))
-            if x_in is None:
-                return None, "cast-island-unbalanced"
-        dtype = x_in.dtype if x_in.dtype is not None else (gamma.dtype if gamma is not None else np.float32)
-        if gamma is None:
-            if size is None:
-                return None, "hidden-size-unknown"
-            gamma = np.ones(size, dtype=dtype)
-        return _Site(x_in, eps, gamma.astype(dtype), None if beta is None else beta.astype(dtype)), None
+        x_in, gamma, reason = norm_input_and_scale(x, m.get("cast") if v.cast else None, gamma, size)
+        if reason:
+            return None, reason
+        return _Site(x_in, eps, gamma, None if beta is None else beta.astype(gamma.dtype)), None
 
 
 def _affine_tensors(m: gs.PatternMapping, v: _Variant) -> tuple[gs.Tensor | None, gs.Tensor | None]:

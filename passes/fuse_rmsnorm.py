@@ -38,10 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.errors import UserInputError
 from surgery.graph_utils import (
-    RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, OpsetGate, add_affine_tail, add_reduce, add_rsqrt_normalize,
-    cast_island_source, channel_vector, const_value, is_const, is_last_axis, last_dim, producer, reduce_axes,
+    RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, add_affine_tail, add_reduce, add_rsqrt_normalize,
+    channel_vector, const_value, is_const, is_last_axis, last_dim, norm_input_and_scale, producer, reduce_axes,
     rsqrt_normalize_eps, scalar_value, tensor_rank,
 )
 from surgery.pass_base import PassContext, PassResult
@@ -49,7 +48,6 @@ from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
 from surgery.rewrite import PatternRewritePass
 
-EMITS = ("onnx", "ort", "plugin")
 RMSNORM_OPSET = 23
 RMSNORM_PLUGIN = register_plugin(PluginSpec(
     op="SurgeryRMSNorm", version="1", namespace="onnx_surgery",
@@ -101,21 +99,17 @@ class FuseRMSNormPass(PatternRewritePass):
     name = "fuse-rmsnorm"
     summary = "Fuse decomposed RMSNorm (incl. the Llama fp32 upcast) into RMSNormalization or a plugin"
     anchor_ops = ("ReduceMean",)
+    emits = ("onnx", "ort", "plugin")
+
+    def required_opset(self, ctx: PassContext) -> int | None:
+        return None if self.emit(ctx) == "plugin" else RMSNORM_OPSET
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        emit = ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise UserInputError(f"fuse-rmsnorm: emit must be one of {', '.join(EMITS)}, got {emit!r}")
-        self._emit = emit
-        self._gate = OpsetGate(graph, None if emit == "plugin" else RMSNORM_OPSET)
         self._axes_input = int(graph.opset) >= 18
         present = {n.op for n in graph.nodes}
         self._variants = {v.key: v for v in _variants() if v.ops <= present}
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-            result = super().run(graph, ctx)
-        if self._gate.reason:
-            result.notes.append(f"raising the opset to {RMSNORM_OPSET} was refused: {self._gate.reason}")
-        if emit == "ort" and result.changed:
+        result = super().run(graph, ctx)
+        if self.emit(ctx) == "ort" and result.changed:
             result.notes.append("ort: emitted RMSNormalization-23 (onnxruntime registers SimplifiedLayerNormalization "
                                 "in the default ONNX domain, which the ONNX checker rejects)")
         return result
@@ -124,16 +118,12 @@ class FuseRMSNormPass(PatternRewritePass):
         return {key: _pattern(v, self._axes_input) for key, v in self._variants.items()}
 
     def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        _, reason = self._analyse(m, self._variants[variant])
-        if reason is None and self._gate.check():
-            reason = "opset-raise-refused"
-        return reason
+        return self._analyse(m, self._variants[variant])[1]
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
         site, _ = self._analyse(m, self._variants[variant])
-        self._gate.apply()
         out, name = m.outputs[0], names()
-        if self._emit == "plugin":
+        if self.emit(ctx) == "plugin":
             return [make_plugin_node(RMSNORM_PLUGIN, [site.x], [out], {"epsilon": site.eps, "gamma": site.gamma}, name)]
         return [gs.Node("RMSNormalization", name=name, attrs={"axis": -1, "epsilon": site.eps, "stash_type": 1},
                         inputs=[site.x, gs.Constant(f"{name}/scale", site.gamma)], outputs=[out])]
@@ -162,17 +152,10 @@ class FuseRMSNormPass(PatternRewritePass):
             gamma = channel_vector(const_value(gamma_t), size, rank)
             if gamma is None:
                 return None, "scale-shape-mismatch"
-        x_in = x
-        if v.cast:
-            x_in = cast_island_source(x, m.get("cast"))
-            if x_in is None:
-                return None, "cast-island-unbalanced"
-        dtype = x_in.dtype if x_in.dtype is not None else (gamma.dtype if gamma is not None else np.float32)
-        if gamma is None:
-            if size is None:
-                return None, "hidden-size-unknown"
-            gamma = np.ones(size, dtype=dtype)
-        return _Site(x_in, eps, gamma.astype(dtype)), None
+        x_in, gamma, reason = norm_input_and_scale(x, m.get("cast") if v.cast else None, gamma, size)
+        if reason:
+            return None, reason
+        return _Site(x_in, eps, gamma), None
 
 
 def _mean_centred(x: gs.Tensor) -> bool:

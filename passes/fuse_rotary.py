@@ -39,14 +39,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import NameGen, OpsetGate, commuted_patterns, const_value, producer, scalar_value
+from surgery.graph_utils import NameGen, commuted_patterns, const_value, producer, scalar_value
 from surgery.pass_base import PassContext, PassResult
 from surgery.registry import register_pass
 from surgery.rewrite import PatternRewritePass
 
 MS_DOMAIN = "com.microsoft"
 ROTARY_OPSET = 23
-EMITS = ("onnx", "ort", "plugin")
 _NODES = [("lo", "Slice", ["x", "$s0", "$e0", "$a0", "$st0"]), ("hi", "Slice", ["x", "$s1", "$e1", "$a1", "$st1"]),
           ("neg", "Neg", ["hi"]), ("rot", "Concat", ["neg", "lo"]),
           ("xc", "Mul", ["x", "cos"]), ("rs", "Mul", ["rot", "sin"]), ("out", "Add", ["xc", "rs"])]
@@ -58,32 +57,21 @@ class FuseRotaryPass(PatternRewritePass):
     summary = "Fuse rotate-half rotary embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding-23 or com.microsoft"
     tags = frozenset({"fusion"})
     anchor_ops = ("Neg",)
+    emits = ("onnx", "ort", "plugin")
 
-    def __init__(self, emit: str | None = None) -> None:
-        self.emit = emit
+    def __init__(self) -> None:
         self._patterns = dict(commuted_patterns(["x", "cos", "sin"], _NODES, ["out"]))
-        self._gate: OpsetGate | None = None
 
-    def _emit(self, ctx: PassContext) -> str:
-        emit = self.emit or ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise ValueError(f"fuse-rotary: emit must be one of {EMITS}, got {emit!r}")
-        return emit
+    def required_opset(self, ctx: PassContext) -> int | None:
+        return ROTARY_OPSET if self.emit(ctx) == "onnx" else None
 
     def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
         return self._patterns
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        if self._emit(ctx) == "plugin":
-            result = PassResult()
-            result.notes.append("plugin emit: rotary embedding left element-wise (no rotary plugin; TensorRT fuses it)")
-            return result
-        self._gate = OpsetGate(graph, ROTARY_OPSET if self._emit(ctx) == "onnx" else None)
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):
-            result = super().run(graph, ctx)
-        if self._gate.reason:
-            result.notes.append(f"opset {int(graph.opset)} -> {ROTARY_OPSET} refused: {self._gate.reason}")
-        return result
+        if self.emit(ctx) == "plugin":
+            return PassResult(notes=["plugin emit: rotary embedding left element-wise (no rotary plugin; TensorRT fuses it)"])
+        return super().run(graph, ctx)
 
     def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
         x, cos, sin = m.inputs[0], m.inputs[1], m.inputs[2]
@@ -102,14 +90,13 @@ class FuseRotaryPass(PatternRewritePass):
                 return "cos-sin-shape"
         if not (_equal_halves(cos, half) and _equal_halves(sin, half)):
             return "halves-unproven"
-        if self._emit(ctx) == "ort" and (cos.shape[0] != 1 or sin.shape[0] != 1):
+        if self.emit(ctx) == "ort" and (cos.shape[0] != 1 or sin.shape[0] != 1):
             return "cos-batch-not-1"
-        return "opset-raise-refused" if self._gate.check() else None
+        return None
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        self._gate.apply()
         x, cos, sin = m.inputs[0], m.inputs[1], m.inputs[2]
-        half, emit, new = int(x.shape[-1]) // 2, self._emit(ctx), []
+        half, emit, new = int(x.shape[-1]) // 2, self.emit(ctx), []
 
         def node(op, ins, attrs=None, dtype=None, out=None, domain=None):
             t = out if out is not None else gs.Variable(names("_t"), dtype=dtype if dtype is not None else x.dtype)

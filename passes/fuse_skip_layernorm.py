@@ -36,14 +36,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.errors import UserInputError
 from surgery.graph_utils import NameGen, channel_vector, const_value, is_const, producer, tensor_rank
 from surgery.pass_base import PassContext, PassResult
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
 from surgery.rewrite import PatternRewritePass
 
-EMITS = ("onnx", "ort", "plugin")
 TRT_SKIP_LN_EPSILON = float(np.finfo(np.float32).eps)
 SKIP_LN_PLUGIN = register_plugin(PluginSpec(
     op="CustomSkipLayerNormPluginDynamic", version="1", namespace="",
@@ -79,19 +77,14 @@ class FuseSkipLayerNormPass(PatternRewritePass):
     name = "fuse-skip-layernorm"
     summary = "Fuse residual Add (+bias) + LayerNormalization into SkipLayerNormalization (ort) or the TRT plugin"
     anchor_ops = ("LayerNormalization",)
+    emits = ("onnx", "ort", "plugin")
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        emit = ctx.option("emit", "onnx")
-        if emit not in EMITS:
-            raise UserInputError(f"fuse-skip-layernorm: emit must be one of {', '.join(EMITS)}, got {emit!r}")
-        self._emit = emit
-        if emit == "onnx":
-            result = PassResult()
-            result.notes.append("emit=onnx: no standard ONNX op for skip + LayerNorm; nothing to do")
-            return result
-        with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-            result = super().run(graph, ctx)
-        if emit == "plugin":
+        self._emit = self.emit(ctx)
+        if self._emit == "onnx":
+            return PassResult(notes=["emit=onnx: no standard ONNX op for skip + LayerNorm; nothing to do"])
+        result = super().run(graph, ctx)
+        if self._emit == "plugin":
             result.notes.append(f"CustomSkipLayerNormPluginDynamic has no epsilon field (kernel adds at most FLT_EPSILON = "
                                 f"{TRT_SKIP_LN_EPSILON:.3g}); LayerNorms with a larger epsilon are rejected")
         return result

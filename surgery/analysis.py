@@ -1,39 +1,61 @@
 """Cached analyses over a graph, invalidated whenever a pass changes it."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
-import networkx as nx
 import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 T = TypeVar("T")
 
 
 class NxView:
-    """A networkx DiGraph over node positions (edges follow data flow), plus the node list."""
+    """Data-flow successors over node positions, plus the node list; ``digraph`` is the same graph
+    as a networkx DiGraph, built on first use (networkx takes about 0.1 s to import, and the
+    rewrite driver only needs ``is_convex``)."""
 
     def __init__(self, graph: gs.Graph) -> None:
         self.nodes: list[gs.Node] = list(graph.nodes)
         self.index = {id(node): i for i, node in enumerate(self.nodes)}
-        self.digraph = nx.DiGraph()
-        self.digraph.add_nodes_from(range(len(self.nodes)))
-        for i, node in enumerate(self.nodes):
-            for out in node.outputs:
-                for consumer in out.outputs:
-                    j = self.index.get(id(consumer))
-                    if j is not None:
-                        self.digraph.add_edge(i, j)
+        index = self.index
+        succ: list[list[int]] = []
+        for node in self.nodes:
+            out: list[int] = []
+            seen: set[int] = set()
+            for t in node.outputs:
+                for consumer in t.outputs:
+                    j = index.get(id(consumer))
+                    if j is not None and j not in seen:
+                        seen.add(j)
+                        out.append(j)
+            succ.append(out)
+        self.successors = succ
+        self._digraph: nx.DiGraph | None = None
+
+    @property
+    def digraph(self) -> nx.DiGraph:
+        if self._digraph is None:
+            import networkx as nx
+
+            g = nx.DiGraph()
+            g.add_nodes_from(range(len(self.nodes)))
+            g.add_edges_from((i, j) for i, out in enumerate(self.successors) for j in out)
+            self._digraph = g
+        return self._digraph
 
     def is_convex(self, members: set[int]) -> bool:
         """True when no path leaves ``members`` and comes back (fusing them would not make a cycle)."""
-        frontier = [s for m in members for s in self.digraph.successors(m) if s not in members]
+        succ = self.successors
+        frontier = [s for m in members for s in succ[m] if s not in members]
         seen: set[int] = set()
         while frontier:
             n = frontier.pop()
             if n in seen:
                 continue
             seen.add(n)
-            for s in self.digraph.successors(n):
+            for s in succ[n]:
                 if s in members:
                     return False
                 frontier.append(s)

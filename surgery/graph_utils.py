@@ -205,38 +205,6 @@ def channel_vector(values: np.ndarray | None, size: int | None, rank: int | None
     return v.reshape(-1)
 
 
-class OpsetGate:
-    """Raise a graph's opset at most once per pass run, and only once a match is accepted.
-
-    ``check()`` dry-runs the raise on a copy (so matching never sees a half-converted graph);
-    ``apply()`` performs it for real before the first rewrite.
-    """
-
-    def __init__(self, graph: gs.Graph, target: int | None) -> None:
-        self.graph = graph
-        self.target = target
-        self.reason: str | None = None
-        self._checked = target is None or int(graph.opset) >= target
-        self._applied = self._checked
-
-    def check(self) -> str | None:
-        if not self._checked:
-            from surgery.opset import raise_opset  # local: opset imports nothing from here, keep it that way
-
-            self.reason = raise_opset(self.graph.copy(), self.target)
-            self._checked = True
-        return self.reason
-
-    def apply(self) -> None:
-        if not self._applied:
-            from surgery.opset import raise_opset
-
-            reason = raise_opset(self.graph, self.target)
-            if reason:
-                raise RuntimeError(f"opset raise refused after a successful dry run: {reason}")
-            self._applied = True
-
-
 def add_rsqrt_normalize(pattern: gs.GraphPattern, num: int, var: int, form: str, eps: int) -> int:
     """Add ``num / sqrt(var + eps)`` to ``pattern`` in one of the exported spellings.
 
@@ -308,3 +276,22 @@ def cast_island_source(x: gs.Tensor, exit_cast: gs.Node) -> gs.Tensor | None:
 
     back = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(exit_cast.attrs["to"])))
     return entry.inputs[0] if np.dtype(entry.inputs[0].dtype) == back else None
+
+
+def norm_input_and_scale(
+    x: gs.Tensor, exit_cast: gs.Node | None, gamma: np.ndarray | None, size: int | None,
+) -> tuple[gs.Tensor | None, np.ndarray | None, str | None]:
+    """A fused normalization's input and scale, or a rejection reason as the third item.
+
+    The input is x, or the source of its fp16 Cast island when ``exit_cast`` closes one; the scale is
+    ``gamma`` (ones over the last dim, of ``size``, when there is none) in the input's dtype.
+    """
+    x_in = x if exit_cast is None else cast_island_source(x, exit_cast)
+    if x_in is None:
+        return None, None, "cast-island-unbalanced"
+    dtype = x_in.dtype if x_in.dtype is not None else (gamma.dtype if gamma is not None else np.float32)
+    if gamma is None:
+        if size is None:
+            return None, None, "hidden-size-unknown"
+        gamma = np.ones(size, dtype=dtype)
+    return x_in, gamma.astype(dtype), None

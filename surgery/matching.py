@@ -1,0 +1,228 @@
+"""Fast ``GraphPattern`` matching: the same matches as ``pattern.match_all(graph)``, in the same order.
+
+gs tries every graph node as the pattern's entry and fails most only after some recursion, a few
+log-message formats and a ``node_ids()`` pass that sets an attribute on every node. Fusion passes try
+hundreds of commuted variants per run, so that overhead dominated. Here a candidate is handed to
+``GraphPattern.match`` only when it could succeed:
+
+1. the graph holds at least as many nodes of each op as the pattern requires (``required_ops``);
+2. the candidate has the entry node's op, and its immediate neighbourhood agrees with the entry
+   node's (``_EntryCheck``): input and output counts, constant inputs, a repeated pattern input,
+   producer ops of internal inputs, consumer ops of internal outputs (no others), internal outputs
+   not graph outputs. Each of these is a condition ``GraphPattern._match_node`` itself enforces, so skipping a
+   candidate that fails one never loses a match.
+"""
+from __future__ import annotations
+
+import operator
+import weakref
+from collections import Counter
+
+import onnx_graphsurgeon as gs
+
+__all__ = ["entry_op", "match_all", "required_ops"]
+
+_OP = operator.attrgetter("op")
+
+
+def entry_op(pattern: gs.GraphPattern, tensor_index: int = 0) -> str | None:
+    """The op of the pattern node that ``GraphPattern.match`` compares a candidate node against
+    first (through nested patterns), or None when it cannot be told."""
+    try:
+        while pattern.op is None:
+            tensor, first = pattern._get_inbound(tensor_index)
+            if first is None:
+                return None
+            tensor_index = pattern._get_tensor_index_for_node(first, tensor, is_node_input=True)
+            pattern = pattern.nodes[first]
+        return pattern.op
+    except Exception:  # a gs version with other internals: fall back to trying every node
+        return None
+
+
+def _entry_node(pattern: gs.GraphPattern) -> str | None:
+    try:
+        return pattern._get_inbound(0)[1]
+    except Exception:  # another gs version's internals
+        return None
+
+
+def required_ops(pattern: gs.GraphPattern) -> Counter[str]:
+    """Op types (with multiplicity) that every match of ``pattern`` maps to distinct graph nodes.
+
+    ``GraphPattern.match`` walks from the entry node along the pattern's internal tensors (to their
+    producers and consumers), so every single-op node connected to the entry that way is in each
+    match, each on its own graph node. Nodes reached only through a pattern input, and the insides
+    of nested patterns, are left out: the count is a lower bound, never more than a match needs.
+    """
+    entry = _entry_node(pattern) if pattern.op is None else None
+    if entry is None:
+        return Counter()
+    seen, todo = {entry}, [entry]
+    while todo:
+        name = todo.pop()
+        for t in pattern.node_inputs[name] + pattern.node_outputs[name]:
+            if not pattern.tensor_inputs.get(t):
+                continue  # a pattern input or constant: gs does not walk through it
+            for other in pattern.tensor_inputs[t] + pattern.tensor_outputs.get(t, []):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+    return Counter(pattern.nodes[n].op for n in seen if pattern.nodes[n].op is not None)
+
+
+class _EntryCheck:
+    """Necessary conditions on a candidate for the entry node of ``pattern`` (see the module doc)."""
+
+    def __init__(self, pattern: gs.GraphPattern, entry: str) -> None:
+        p = pattern
+        ins, outs = p.node_inputs[entry], p.node_outputs[entry]
+        self.n_in, self.n_out = len(ins), len(outs)
+        self.consts: list[int] = []
+        self.same: list[tuple[int, int]] = []  # (j, k): input j is the pattern input first seen at k
+        self.producers: list[tuple[int, int, str]] = []  # (j, producer count, op of the producer)
+        first_at: dict[int, int] = {}
+        for j, t in enumerate(ins):
+            if t in p.input_tensors:
+                if t in first_at:
+                    self.same.append((j, first_at[t]))
+                else:
+                    first_at[t] = j
+            elif t in p.constant_tensors:
+                self.consts.append(j)
+            else:
+                makers = p.tensor_inputs.get(t, [])
+                op = p.nodes[makers[0]].op if len(makers) == 1 else None
+                self.producers.append((j, len(makers), op))
+        # (k, consumer ops, exact): each op must consume output k; exact: and no other op may (gs
+        # rejects an internal tensor with a consumer outside the pattern)
+        self.internal_outputs: list[tuple[int, frozenset[str], bool]] = []
+        for k, t in enumerate(outs):
+            if t in p.output_tensors:
+                continue
+            ops = [p.nodes[c].op for c in p.tensor_outputs.get(t, [])]
+            self.internal_outputs.append((k, frozenset(o for o in ops if o is not None), None not in ops))
+
+    def __call__(self, node: gs.Node, graph_outputs: set[str]) -> bool:
+        inputs, outputs = node.inputs, node.outputs
+        if len(inputs) != self.n_in or len(outputs) != self.n_out:
+            return False
+        for j in self.consts:
+            if not isinstance(inputs[j], gs.Constant):
+                return False
+        for j, k in self.same:
+            if inputs[j].name != inputs[k].name:
+                return False
+        for j, count, op in self.producers:
+            makers = inputs[j].inputs
+            if len(makers) != count or (op is not None and makers[0].op != op):
+                return False
+        for k, ops, exact in self.internal_outputs:
+            t = outputs[k]
+            if t.name in graph_outputs:
+                return False
+            present = {c.op for c in t.outputs}
+            if (present != ops) if exact else not ops <= present:
+                return False
+        return True
+
+
+class _Plan:
+    __slots__ = ("op", "required", "check")
+
+    def __init__(self, pattern: gs.GraphPattern) -> None:
+        self.op = entry_op(pattern)
+        self.required = required_ops(pattern)
+        entry = _entry_node(pattern) if pattern.op is None else None
+        try:
+            leaf = entry is not None and pattern.nodes[entry].op is not None
+            self.check = _EntryCheck(pattern, entry) if leaf else None
+        except Exception:  # another gs version's internals: no pre-check
+            self.check = None
+
+
+# patterns are built once per pass instance and matched in every sweep
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan(pattern: gs.GraphPattern) -> _Plan:
+    try:
+        return _PLANS[pattern]
+    except (KeyError, TypeError):
+        pass
+    plan = _Plan(pattern)
+    try:
+        _PLANS[pattern] = plan
+    except TypeError:  # not weak-referenceable: recompute next time
+        pass
+    return plan
+
+
+class _OpIndex:
+    """The graph's nodes grouped by op, reused while the node list and every op are unchanged
+    (a pass matches all its variants against one unchanged graph before it rewrites anything)."""
+
+    def __init__(self, graph: gs.Graph, ops: list[str]) -> None:
+        self.graph = weakref.ref(graph)
+        self.nodes = list(graph.nodes)
+        self.ops = ops
+        self.counts = Counter(ops)
+        self.by_op: dict[str, list[gs.Node]] = {}
+        for node in self.nodes:
+            self.by_op.setdefault(node.op, []).append(node)
+
+    def valid_for(self, graph: gs.Graph, ops: list[str]) -> bool:
+        nodes = graph.nodes
+        return (self.graph() is graph and len(nodes) == len(self.nodes) and ops == self.ops
+                and all(map(operator.is_, nodes, self.nodes)))
+
+
+_last_index: list[_OpIndex] = []  # at most one: the graph being rewritten now
+
+
+def _op_index(graph: gs.Graph) -> _OpIndex:
+    ops = list(map(_OP, graph.nodes))
+    previous = _last_index[0] if _last_index else None
+    if previous is not None and previous.valid_for(graph, ops):
+        return previous
+    index = _OpIndex(graph, ops)
+    _last_index[:] = [index]
+    if previous is None or previous.graph() is not graph:
+        weakref.finalize(graph, _drop_dead_index)  # never keep a dropped graph's nodes alive
+    return index
+
+
+def _drop_dead_index() -> None:
+    if _last_index and _last_index[0].graph() is None:
+        _last_index.clear()
+
+
+def match_all(pattern: gs.GraphPattern, graph: gs.Graph) -> list[gs.PatternMapping]:
+    """``pattern.match_all(graph)``: the same mappings in the same order, trying only candidates that
+    pass the cheap necessary conditions of the module doc."""
+    plan = _plan(pattern)
+    if plan.op is None:
+        return pattern.match_all(graph)
+    index = _op_index(graph)
+    candidates = index.by_op.get(plan.op)
+    if not candidates or any(index.counts[o] < n for o, n in plan.required.items()):
+        return []
+    outputs = {t.name for t in graph.outputs}
+    if plan.check is not None:
+        candidates = [n for n in candidates if plan.check(n, outputs)]
+        if not candidates:
+            return []
+    found = []
+    # what ``graph.node_ids()`` does, without gs.Node.__setattr__ on every node
+    for i, node in enumerate(index.nodes):
+        node.__dict__["id"] = i
+    try:
+        for node in candidates:
+            m = pattern.match(node, from_inbound=True, from_tensor_index=0, mapped_onnx_nodes=set(),
+                              onnx_graph_output_tensors=outputs)
+            if m is not None:
+                found.append(m)
+    finally:
+        for node in index.nodes:
+            node.__dict__.pop("id", None)
+    return found

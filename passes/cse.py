@@ -29,7 +29,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes._noop_rules import present
-from surgery.graph_utils import const_value
+from surgery.graph_utils import const_value, toposort
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
@@ -95,7 +95,7 @@ class CsePass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         limit = ctx.option("cse_max_const_bytes", self.max_const_bytes)
-        graph.toposort()
+        toposort(graph)
         replace = self._dedupe_constants(graph, limit, result)
         dups, outputs = self._find_duplicates(graph, replace, limit, result)
         if not replace and not dups:
@@ -123,7 +123,7 @@ class CsePass(Pass):
                 for j, t in enumerate(consumer.inputs):
                     if t is old:
                         consumer.inputs[j] = new
-        graph.cleanup().toposort()
+        toposort(graph.cleanup())
         return result
 
     def _dedupe_constants(self, graph: gs.Graph, limit: int, result: PassResult) -> dict[int, tuple[gs.Tensor, gs.Tensor]]:

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from surgery.io import ExternalValues
 from surgery.fingerprint import node_signatures, nodes_changed
+from surgery.graph_utils import toposort
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
@@ -50,7 +51,12 @@ def _fix_sliced_shapes(graph: gs.Graph) -> int:
     """onnx-graphsurgeon 0.6.1 folds ``Shape`` as if its ``start``/``end`` attributes were absent
     (its Gather/Slice-of-Shape shortcuts too), giving wrong constants. Fold such a Shape ourselves when
     the selected dims are static; split it into Shape -> Slice (which gs folds correctly) when only
-    some dims of its input are static; leave it when none are (gs folds nothing there)."""
+    some dims of its input are static and a Gather or Slice reads it (the shortcuts gs would take);
+    leave it otherwise (gs folds nothing there).
+
+    Splitting only where gs would misfold keeps the pass stable: a split adds constants (merged by
+    cse a sweep later) and, for a Shape whose input gets its shape only from a later infer-shapes,
+    another split a sweep after that, so every split cost the fixed point two more sweeps."""
     fixed = 0
     for node in list(graph.nodes):
         if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)) or node.inputs[0].shape is None:
@@ -69,7 +75,7 @@ def _fix_sliced_shapes(graph: gs.Graph) -> int:
                         consumer.inputs[j] = const
             node.inputs.clear()
             node.outputs.clear()
-        elif any(isinstance(d, int) and d >= 0 for d in dims):
+        elif any(isinstance(d, int) and d >= 0 for d in dims) and any(c.op in ("Gather", "Slice") for c in out.outputs):
             full = gs.Variable(f"{node.name}/full", dtype=np.int64, shape=[len(dims)])
             node.outputs[0] = full
             node.attrs.pop("start", None)
@@ -81,6 +87,98 @@ def _fix_sliced_shapes(graph: gs.Graph) -> int:
             continue
         fixed += 1
     return fixed
+
+
+# ops gs.Graph.fold_constants may rewrite around Casts of shape tensors ("cast elision")
+_CAST_ELISION_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "Concat"})
+
+
+def _nothing_to_fold(graph: gs.Graph) -> bool:
+    """True when ``gs.Graph.fold_constants`` would provably leave ``graph`` as it is.
+
+    gs copies the whole graph before it looks for work, which made most of this pass's time in the
+    fixed-point sweeps that find nothing. It changes a graph only through: Constant nodes; nodes whose
+    (non-omitted) inputs are all constants, or that have none; a Shape whose static dims it can read
+    (the whole shape, or a Gather/Slice of it: ``_shape_folds`` mirrors those rules); a Cast -> op ->
+    Cast chain on shape tensors; subgraphs and functions. When none of these is present, skipping the
+    call is exact; where the rules are unclear the answer is "fold".
+    """
+    if graph.functions:
+        return False
+    for node in graph.nodes:
+        if node.op == "Constant" or any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+            return False
+        if all(isinstance(t, gs.Constant) for t in node.inputs if not t.is_empty()):
+            return False
+        if node.op == "Shape":
+            if _shape_folds(node):
+                return False
+        elif node.op in _CAST_ELISION_OPS and any(len(t.inputs) == 1 and t.inputs[0].op == "Cast" for t in node.inputs):
+            return False
+    return True
+
+
+def _static(dims) -> bool:
+    return all(isinstance(d, int) and d >= 0 for d in dims)
+
+
+def _shape_folds(shape_node: gs.Node) -> bool:
+    """Whether gs 0.6 folds this Shape (it ignores start/end), alone or through a Gather/Slice consumer."""
+    dims = shape_node.inputs[0].shape
+    if dims is None:
+        return False
+    if _static(dims):
+        return True
+    out = shape_node.outputs[0]
+    for consumer in out.outputs:
+        try:
+            selected = _selected_dims(consumer, out, dims)
+        except Exception:  # gs may fail (or succeed) here: let it decide
+            return True
+        if selected is not None and _static(selected):
+            return True
+    return False
+
+
+def _scalar(t: gs.Constant):
+    return t.values if not t.shape else list(t.values)[0]
+
+
+def _selected_dims(node: gs.Node, shape: gs.Tensor, dims: list) -> list | None:
+    """The dims a Gather/Slice of ``shape`` picks, by gs's own reading (its fold_shape_gather and
+    fold_shape_slice), or None when gs would not fold it."""
+    if not node.inputs or node.inputs[0] is not shape:
+        return None
+    if node.op == "Gather":
+        indices = node.inputs[1]
+        if not isinstance(indices, gs.Constant):
+            return None
+        v = indices.values
+        return [dims[int(v)]] if not v.shape else [dims[i] for i in v]
+    if node.op != "Slice":
+        return None
+    ins, attrs = node.inputs, node.attrs
+    if len(ins) >= 3:
+        if not all(isinstance(t, gs.Constant) for t in ins[1:3]):
+            return None
+        starts, ends = _scalar(ins[1]), _scalar(ins[2])
+    elif "starts" in attrs and "ends" in attrs:
+        starts, ends = attrs["starts"][0], attrs["ends"][0]
+    else:
+        return None
+    if len(ins) > 3:
+        if not isinstance(ins[3], gs.Constant) or _scalar(ins[3]) != 0:
+            return None
+    elif "axes" in attrs and attrs["axes"][0] != 0:
+        return None
+    steps = 1
+    if len(ins) > 4:
+        if not isinstance(ins[4], gs.Constant):
+            return None
+        steps = _scalar(ins[4])
+    elif "steps" in attrs:
+        steps = attrs["steps"][0]
+    return list(dims[starts:ends:steps])
 
 
 @register_pass
@@ -101,8 +199,9 @@ class FoldConstantsPass(Pass):
         quiet = gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL)
         try:
             quiet.__enter__()
-            graph.fold_constants(error_ok=False, size_threshold=threshold, flatten_subgraphs=False,
-                                 should_exclude_node=exclude)
+            if not _nothing_to_fold(graph):
+                graph.fold_constants(error_ok=False, size_threshold=threshold, flatten_subgraphs=False,
+                                     should_exclude_node=exclude)
         except Exception as exc:
             message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
             log.warning("constant folding hit an error, retrying per partition: %s", message)
@@ -112,8 +211,9 @@ class FoldConstantsPass(Pass):
                                  flatten_subgraphs=False, should_exclude_node=exclude)
         finally:
             quiet.__exit__(None, None, None)
-        graph.cleanup().toposort()
-        result.changed = nodes_changed(before, node_signatures(graph))
+        toposort(graph.cleanup())
+        # attribute-only edits (a full-range Shape losing start/end) leave the signatures alone
+        result.changed = nodes_changed(before, node_signatures(graph)) or result.stats["sliced-shapes"]
         result.stats["folded-nodes"] = max(0, sum(before.values()) - len(graph.nodes))
         result.stats = +result.stats
         return result

@@ -87,6 +87,18 @@ def _cores() -> dict[str, list[tuple]]:
     }
 
 
+# family -> its commuted variants; patterns are immutable, so every pass instance shares them
+_BUILT: dict[str, list[tuple[str, gs.GraphPattern]]] = {}
+
+
+def _families() -> list[tuple[str, list[tuple]]]:
+    """(name, nodes) of each GELU form, in matching order: every core with every outer form, then quick."""
+    out = [(f"{core}:{outer}", core_nodes + outer_nodes)
+           for core, core_nodes in _cores().items() for outer, outer_nodes in _OUTER.items()]
+    out.append(("quick", [("sx", "Mul", ["x", "$alpha"]), ("sig", "Sigmoid", ["sx"]), ("out", "Mul", ["x", "sig"])]))
+    return out
+
+
 @register_pass
 class FuseGeluPass(PatternRewritePass):
     name = "fuse-gelu"
@@ -96,28 +108,21 @@ class FuseGeluPass(PatternRewritePass):
     emits = ("onnx", "ort", "plugin")
 
     def __init__(self) -> None:
-        self._cache: dict[str, gs.GraphPattern] = {}
         self._ops: Counter = Counter()
 
     def required_opset(self, ctx: PassContext) -> int | None:
         return GELU_OPSET if self.emit(ctx) == "onnx" else None
 
     def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        if not self._cache:
-            self._cache = self._build()
-        # skip variants needing an op the graph lacks: matching cost grows with variants x nodes
-        return {k: p for k, p in self._cache.items() if all(self._ops[op] for op in _pattern_ops(p))}
-
-    @staticmethod
-    def _build() -> dict[str, gs.GraphPattern]:
+        # only variants whose op counts the graph can supply: building and matching cost grows with
+        # variants x nodes, and the operand orders alone make 2^k variants per form
         out: dict[str, gs.GraphPattern] = {}
-        for core, core_nodes in _cores().items():
-            for outer, outer_nodes in _OUTER.items():
-                for order, p in commuted_patterns(["x"], core_nodes + outer_nodes, ["out"]):
-                    out[f"{core}:{outer}:{order}"] = p
-        for order, p in commuted_patterns(["x"], [("sx", "Mul", ["x", "$alpha"]), ("sig", "Sigmoid", ["sx"]),
-                                                  ("out", "Mul", ["x", "sig"])], ["out"]):
-            out[f"quick:{order}"] = p
+        for family, nodes in _families():
+            if any(self._ops[op] < n for op, n in Counter(n[1] for n in nodes).items()):
+                continue
+            if family not in _BUILT:
+                _BUILT[family] = commuted_patterns(["x"], nodes, ["out"])
+            out.update((f"{family}:{order}", p) for order, p in _BUILT[family])
         return out
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
@@ -182,10 +187,6 @@ def _site(nodes: list[gs.Node]) -> str:
 
 def _form(variant: str) -> str:
     return variant.split(":")[0].split("-")[0]
-
-
-def _pattern_ops(p: gs.GraphPattern) -> set[str]:
-    return {sub.op for sub in p.nodes.values()}
 
 
 def _bias_add(x: gs.Tensor, matched: list[gs.Node], graph: gs.Graph) -> tuple[gs.Node, gs.Tensor, gs.Tensor] | None:

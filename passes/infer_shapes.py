@@ -6,8 +6,11 @@ known. Never changes computation.
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 
 from surgery.io import to_graph, to_model
 from surgery.pass_base import Pass, PassContext, PassResult
@@ -20,6 +23,37 @@ def _known(t: gs.Tensor) -> int:
     return 1 + sum(isinstance(d, int) for d in t.shape)
 
 
+class _Typed(NamedTuple):
+    dtype: Any
+    shape: Any
+
+
+def _inferred_types(g: onnx.GraphProto) -> tuple[dict[str, _Typed], set[str]]:
+    """dtype and shape of every variable of ``g`` the way ``gs.import_onnx`` would set them (value_info
+    first, later duplicates filling gaps, then graph inputs and outputs), and the initializer names.
+
+    Importing the whole inferred model into a second gs graph only to read these cost more than
+    the inference itself, in every sweep.
+    """
+    constants = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
+    types: dict[str, _Typed] = {}
+
+    def typed(vi: onnx.ValueInfoProto) -> _Typed:
+        if vi.type.ByteSize() > 0:
+            return _Typed(get_onnx_tensor_dtype(vi), get_onnx_tensor_shape(vi))
+        return _Typed(None, None)
+
+    for vi in g.value_info:
+        if vi.name in constants:
+            continue
+        new, old = typed(vi), types.get(vi.name)
+        types[vi.name] = new if old is None else _Typed(old.dtype or new.dtype, old.shape or new.shape)
+    for vi in list(g.input) + list(g.output):
+        if vi.name not in constants and vi.name not in types:
+            types[vi.name] = typed(vi)
+    return types, constants
+
+
 @register_pass
 class InferShapesPass(Pass):
     name = "infer-shapes"
@@ -29,8 +63,11 @@ class InferShapesPass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         inferred = onnx.shape_inference.infer_shapes(to_model(graph), data_prop=True)
-        new_tensors = to_graph(inferred).tensors()
-        for name, tensor in graph.tensors().items():
+        tensors = graph.tensors()
+        new_tensors, constants = _inferred_types(inferred.graph)
+        if any(name in constants for name, t in tensors.items() if not isinstance(t, gs.Constant)):
+            new_tensors = to_graph(inferred).tensors()  # a variable exported as an initializer: let gs sort it out
+        for name, tensor in tensors.items():
             if isinstance(tensor, gs.Constant) or name not in new_tensors:
                 continue
             other = new_tensors[name]

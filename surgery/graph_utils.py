@@ -91,6 +91,40 @@ def bypass_needs_identity(node: gs.Node, graph: gs.Graph, keep: gs.Tensor) -> bo
     return not renamable
 
 
+def toposort(graph: gs.Graph) -> gs.Graph:
+    """``graph.toposort()``, skipped when it would leave the graph as it is (most calls, in the
+    fixed-point sweeps; gs's sort walks every node's producers recursively and costs a few ms).
+
+    gs orders nodes by a stable sort on their level (1 + the highest level among their producers,
+    0 without any). A node list in which every producer comes first and the levels never decrease
+    is therefore its own sort. Graphs with subgraphs or functions (gs sorts those too) always sort.
+    """
+    if not _in_sorted_order(graph):
+        graph.toposort()
+    return graph
+
+
+def _in_sorted_order(graph: gs.Graph) -> bool:
+    if graph.functions:
+        return False
+    level: dict[int, int] = {}
+    last = 0
+    for node in graph.nodes:
+        here = 0
+        for t in node.inputs:
+            if not t.name:
+                continue  # an omitted optional input: gs does not count its producer
+            for p in t.inputs:
+                lv = level.get(id(p))
+                if lv is None:
+                    return False  # a producer later in the list (or outside it)
+                here = max(here, lv + 1)
+        if here < last or any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+            return False
+        level[id(node)] = last = here
+    return True
+
+
 class NameGen:
     """Deterministic unique names ``<prefix>/<n>`` that never collide with existing ones."""
 
@@ -123,24 +157,49 @@ def commuted_patterns(variables: list[str], nodes: list[PatternNode], outputs: l
         ``(order, pattern)`` pairs; ``order`` is a bit string saying which nodes were swapped.
     """
     flips = [i for i, n in enumerate(nodes) if n[1] in commutative and len(n[2]) == 2 and n[2][0] != n[2][1]]
+    base = _build_pattern(variables, nodes, outputs)
+    names = [n[0] for n in nodes]
     result = []
     for mask in range(2 ** len(flips)):
         swapped = {flips[b] for b in range(len(flips)) if mask >> b & 1}
-        p = gs.GraphPattern()
-        tensors: dict[str, int] = {v: p.variable() for v in variables}
-        for i, spec in enumerate(nodes):
-            name, op, ins = spec[0], spec[1], list(spec[2])
-            if i in swapped:
-                ins.reverse()
-            ids = []
-            for t in ins:
-                if t not in tensors:
-                    tensors[t] = p.constant(t[1:]) if t.startswith("$") else None
-                ids.append(tensors[t])
-            tensors[name] = p.add(name, op, check_func=spec[3] if len(spec) > 3 else None, inputs=ids)
-        p.set_output_tensors([tensors[o] for o in outputs])
+        p = _with_swapped_inputs(base, {names[i] for i in swapped}) if swapped else base
         result.append(("".join("s" if i in swapped else "k" for i in flips), p))
     return result
+
+
+def _build_pattern(variables: list[str], nodes: list[PatternNode], outputs: list[str]) -> gs.GraphPattern:
+    p = gs.GraphPattern()
+    tensors: dict[str, int] = {v: p.variable() for v in variables}
+    for spec in nodes:
+        ids = []
+        for t in spec[2]:
+            if t not in tensors:
+                tensors[t] = p.constant(t[1:]) if t.startswith("$") else None
+            ids.append(tensors[t])
+        tensors[spec[0]] = p.add(spec[0], spec[1], check_func=spec[3] if len(spec) > 3 else None, inputs=ids)
+    p.set_output_tensors([tensors[o] for o in outputs])
+    return p
+
+
+def _with_swapped_inputs(base: gs.GraphPattern, swapped: set[str]) -> gs.GraphPattern:
+    """``base`` with the two inputs of each ``swapped`` node exchanged.
+
+    Building every order from scratch dominated a fusion pass's start-up (2^k variants, each node a
+    new single-op GraphPattern). A swap changes only the order of that node's input list: which tensor
+    each node reads and produces, and each tensor's consumer list (kept in node order), stay the same.
+    The single-op sub-patterns are shared; nothing mutates a pattern once built.
+    """
+    p = gs.GraphPattern()
+    p.nodes = dict(base.nodes)
+    p.node_inputs = {k: (v[::-1] if k in swapped else list(v)) for k, v in base.node_inputs.items()}
+    p.node_outputs = {k: list(v) for k, v in base.node_outputs.items()}
+    p.num_tensors = base.num_tensors
+    p.tensor_inputs = {k: list(v) for k, v in base.tensor_inputs.items()}
+    p.tensor_outputs = {k: list(v) for k, v in base.tensor_outputs.items()}
+    p.input_tensors = list(base.input_tensors)
+    p.output_tensors = list(base.output_tensors)
+    p.constant_tensors = dict(base.constant_tensors)
+    return p
 
 
 # ---- helpers for normalization fusions (shared by passes/fuse_*norm*.py) ----

@@ -6,11 +6,14 @@ hundreds of commuted variants per run, so that overhead dominated. Here a candid
 ``GraphPattern.match`` only when it could succeed:
 
 1. the graph holds at least as many nodes of each op as the pattern requires (``required_ops``);
-2. the candidate has the entry node's op, and its immediate neighbourhood agrees with the entry
+2. the candidate has the entry node's op and its immediate neighbourhood agrees with the entry
    node's (``_EntryCheck``): input and output counts, constant inputs, a repeated pattern input,
    producer ops of internal inputs, consumer ops of internal outputs (no others), internal outputs
-   not graph outputs. Each of these is a condition ``GraphPattern._match_node`` itself enforces, so skipping a
-   candidate that fails one never loses a match.
+   not graph outputs;
+3. the same holds over the rest of the pattern wherever the mapping is forced (``_Walk``).
+
+Each of these is a condition ``GraphPattern._match_node`` itself enforces, so skipping a candidate
+that fails one never loses a match.
 """
 from __future__ import annotations
 
@@ -127,6 +130,127 @@ class _EntryCheck:
         return True
 
 
+class _Walk:
+    """The entry conditions extended over the whole pattern, along edges where the mapping is forced.
+
+    From the candidate, a pattern node's input at position j must come from the graph node producing
+    the candidate's input j (a tensor has one producer), and a pattern consumer of an internal output
+    must be a graph consumer with its op whose inputs at the same positions that node produces: when
+    exactly one graph consumer qualifies, it is the one. In any match gs returns, the mapping is
+    injective and satisfies each of these, so a contradiction (another op, a failing ``check_func``, a
+    graph node taken twice, a pattern input bound to two tensors, a non-constant where the pattern has a
+    constant, an internal tensor that is a graph output or has a consumer of another op) rules the
+    candidate out. Commuted variants differ in input order only, so this drops the wrong orders before
+    gs tries them.
+    """
+
+    def __init__(self, pattern: gs.GraphPattern, entry: str) -> None:
+        self.pattern = pattern
+        self.entry = entry
+        self.leaf = _LeafSpecs(pattern)  # built per node on first visit: most walks stop after one or two
+
+    def __call__(self, node: gs.Node, graph_outputs: set[str]) -> bool:
+        leaf = self.leaf
+        mapped = {self.entry: node}
+        taken = {id(node): self.entry}
+        bound: dict[int, str] = {}
+        todo = [self.entry]
+
+        def assign(name: str, g: gs.Node) -> bool:
+            if name in mapped:
+                return mapped[name] is g or mapped[name].name == g.name
+            if taken.get(id(g), name) != name or g.op != self.pattern.nodes[name].op:
+                return False
+            check = self.pattern.nodes[name].check_func
+            if check is not None:
+                try:
+                    if not check(g):
+                        return False
+                except Exception:  # let gs decide
+                    pass
+            mapped[name], taken[id(g)] = g, name
+            todo.append(name)
+            return True
+
+        while todo:
+            name = todo.pop()
+            g = mapped[name]
+            _, _, ins, outs = leaf[name]
+            if len(g.inputs) != len(ins) or len(g.outputs) != len(outs):
+                return False
+            for (kind, ref), t in zip(ins, g.inputs):
+                if kind == "var":
+                    if bound.setdefault(ref, t.name) != t.name:
+                        return False
+                elif kind == "const":
+                    if not isinstance(t, gs.Constant):
+                        return False
+                elif kind == "node":
+                    if len(t.inputs) != 1 or not assign(ref, t.inputs[0]):
+                        return False
+            for spec, t in zip(outs, g.outputs):
+                if spec is None:
+                    continue
+                exact, ops, users = spec
+                if t.name in graph_outputs:
+                    return False
+                consumers = t.outputs
+                present = {c.op for c in consumers}
+                if (present != ops) if exact else not ops <= present:
+                    return False
+                for user, positions in users:
+                    user_op = self.pattern.nodes[user].op
+                    fits = {id(c): c for c in consumers if c.op == user_op
+                            and all(j < len(c.inputs) and _made_by(c.inputs[j], g) for j in positions)}
+                    if user in mapped:
+                        if id(mapped[user]) not in fits:
+                            return False
+                    elif not fits:
+                        return False
+                    elif len(fits) == 1 and not assign(user, next(iter(fits.values()))):
+                        return False
+        return True
+
+
+class _LeafSpecs(dict):
+    """name -> (op, check_func, input kinds, output specs) of a single-op pattern node, on demand."""
+
+    def __init__(self, pattern: gs.GraphPattern) -> None:
+        super().__init__()
+        self.p = pattern
+
+    def __missing__(self, name: str) -> tuple:
+        p = self.p
+        sub = p.nodes[name]
+        ins = []
+        for t in p.node_inputs[name]:
+            makers = p.tensor_inputs.get(t, [])
+            if t in p.input_tensors:
+                ins.append(("var", t))
+            elif t in p.constant_tensors:
+                ins.append(("const", None))
+            elif len(makers) == 1 and p.nodes[makers[0]].op is not None:
+                ins.append(("node", makers[0]))
+            else:
+                ins.append(("skip", None))
+        outs = []
+        for t in p.node_outputs[name]:
+            if t in p.output_tensors:
+                outs.append(None)
+                continue
+            users = p.tensor_outputs.get(t, [])
+            leaves = [(c, tuple(j for j, u in enumerate(p.node_inputs[c]) if u == t))
+                      for c in dict.fromkeys(users) if p.nodes[c].op is not None]
+            outs.append((len(leaves) == len(set(users)), frozenset(p.nodes[c].op for c, _ in leaves), leaves))
+        spec = self[name] = (sub.op, sub.check_func, ins, outs)
+        return spec
+
+
+def _made_by(t: gs.Tensor, node: gs.Node) -> bool:
+    """gs checks a pattern edge by the producer's name (not which of its outputs)."""
+    return len(t.inputs) == 1 and t.inputs[0].name == node.name
+
+
 class _Plan:
     __slots__ = ("op", "required", "check")
 
@@ -136,7 +260,11 @@ class _Plan:
         entry = _entry_node(pattern) if pattern.op is None else None
         try:
             leaf = entry is not None and pattern.nodes[entry].op is not None
-            self.check = _EntryCheck(pattern, entry) if leaf else None
+            if leaf:
+                first, walk = _EntryCheck(pattern, entry), _Walk(pattern, entry)
+                self.check = lambda node, outputs: first(node, outputs) and walk(node, outputs)
+            else:
+                self.check = None
         except Exception:  # another gs version's internals: no pre-check
             self.check = None
 

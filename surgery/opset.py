@@ -38,24 +38,32 @@ def default_opset(graph: gs.Graph) -> int:
     return int(graph.opset)
 
 
-def raise_opset(graph: gs.Graph, target: int) -> str | None:
-    """Raise the default-domain opset to ``target`` in place. Returns None on success, else a reason.
-
-    Nothing is changed when a reason is returned.
-    """
+def raise_refusal(graph: gs.Graph, target: int) -> str | None:
+    """Why ``raise_opset(graph, target)`` would refuse, or None when it would succeed. Changes nothing."""
     current = default_opset(graph)
     if current >= target:
         return None
     if target > onnx.defs.onnx_opset_version():
         return f"opset-{target}-unknown-to-onnx"
-    nodes = [n for g in _graphs(graph) for n in g.nodes if n.domain in ("", "ai.onnx", None)]
-    for node in nodes:
+    for node in _onnx_nodes(graph):
         brk = _SEMANTIC_BREAKS.get(node.op)
         if brk is not None and current < brk <= target and not _axes_convertible(node, current, target):
             return f"{node.op}-changes-meaning-between-opset-{current}-and-{target}"
         if node.op not in _COMPATIBLE and node.op not in _AXES_TO_INPUT and _schema_changed(node.op, current, target):
             return f"{node.op}-schema-changed-between-opset-{current}-and-{target}"
-    for node in nodes:
+    return None
+
+
+def raise_opset(graph: gs.Graph, target: int) -> str | None:
+    """Raise the default-domain opset to ``target`` in place. Returns None on success, else a reason.
+
+    Nothing is changed when a reason is returned.
+    """
+    refusal = raise_refusal(graph, target)
+    current = default_opset(graph)
+    if refusal or current >= target:
+        return refusal
+    for node in _onnx_nodes(graph):
         moved = _AXES_TO_INPUT.get(node.op)
         if moved is not None and current < moved <= target and "axes" in node.attrs:
             axes = np.array(node.attrs.pop("axes"), dtype=np.int64)
@@ -88,6 +96,10 @@ def _schema_changed(op: str, current: int, target: int) -> bool:
         return onnx.defs.get_schema(op, current).since_version != onnx.defs.get_schema(op, target).since_version
     except onnx.defs.SchemaError:
         return False  # not an ONNX op (plugin or custom); the opset does not concern it
+
+
+def _onnx_nodes(graph: gs.Graph) -> list[gs.Node]:
+    return [n for g in _graphs(graph) for n in g.nodes if n.domain in ("", "ai.onnx", None)]
 
 
 def _graphs(graph: gs.Graph):

@@ -15,7 +15,7 @@ from surgery.analysis import NxView
 from surgery.errors import UserInputError
 from surgery.graph_utils import NameGen, disconnect
 from surgery.matching import entry_op, match_all  # noqa: F401  (re-exported; run() matches with it)
-from surgery.opset import raise_opset
+from surgery.opset import raise_opset, raise_refusal
 from surgery.pass_base import Pass, PassContext, PassResult
 
 
@@ -119,8 +119,9 @@ class PatternRewritePass(Pass):
         return result
 
     def _dry_run_opset_raise(self, graph: gs.Graph, target: int, result: PassResult) -> str:
-        """Try the raise on a copy, so matching never sees a half-converted graph; '' when it would succeed."""
-        refusal = raise_opset(graph.copy(), target) or ""
+        """Ask whether the raise would succeed without doing it, so matching never sees a half-converted
+        graph; '' when it would."""
+        refusal = raise_refusal(graph, target) or ""
         if refusal:
             result.notes.append(f"raising the opset to {target} was refused: {refusal}")
         return refusal

@@ -93,7 +93,7 @@ def remedy_for(op: str, domain: str, kind: str) -> str:
         if name in registered:
             return f"pass {name}"
     for name, cls in registered.items():
-        if op in getattr(cls, "rewrites_ops", ()):
+        if op in (getattr(cls, "rewrites_ops", ()) or getattr(cls, "ops", ())):  # ops: a NodeRewritePass's
             return f"pass {name}"
     if kind == "plugin-name-collision":
         return "give the plugin a name that is no ONNX op (or write the ONNX op itself where TensorRT imports it)"

@@ -41,7 +41,7 @@ import onnx_graphsurgeon as gs
 from surgery.graph_utils import (
     RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, add_affine_tail, add_reduce, add_rsqrt_normalize,
     channel_vector, const_value, is_const, is_last_axis, last_dim, norm_input_and_scale, producer, reduce_axes,
-    rsqrt_normalize_eps, scalar_value, tensor_rank,
+    present_variants, rsqrt_normalize_eps, scalar_value, tensor_rank,
 )
 from surgery.pass_base import PassContext, PassResult
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
@@ -106,8 +106,7 @@ class FuseRMSNormPass(PatternRewritePass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         self._axes_input = int(graph.opset) >= 18
-        present = {n.op for n in graph.nodes}
-        self._variants = {v.key: v for v in _variants() if v.ops <= present}
+        self._variants = present_variants(graph, _variants())
         result = super().run(graph, ctx)
         if self.emit(ctx) == "ort" and result.changed:
             result.notes.append("ort: emitted RMSNormalization-23 (onnxruntime registers SimplifiedLayerNormalization "

@@ -25,9 +25,10 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.graph_utils import NameGen, const_value, disconnect
+from surgery.pass_base import PassContext
 from surgery.registry import register_pass
+from surgery.rewrite import NodeRewritePass
 
 __all__ = ["InlineConstantIfPass"]
 
@@ -47,32 +48,19 @@ def _verdict(node: gs.Node) -> gs.Graph | str:
 
 
 @register_pass
-class InlineConstantIfPass(Pass):
+class InlineConstantIfPass(NodeRewritePass):
     name = "inline-constant-if"
     summary = "Inline the branch an If with a constant condition always takes."
-    rewrites_ops = ("If",)
+    ops = ("If",)
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        found = []
-        for node in graph.nodes:
-            if node.op != "If" or (node.domain or "") not in ("", "ai.onnx"):
-                continue
-            verdict = _verdict(node)
-            if isinstance(verdict, str):
-                result.reject(verdict, node.name)
-            else:
-                found.append((node, verdict))
-        names = NameGen(graph, self.name)
-        for node, branch in found:
-            self._inline(graph, node, branch, names)
-            result.apply(node.name, "inlined")
-        if found:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> gs.Graph | str:
+        return _verdict(node)
+
+    def rewrite(self, node: gs.Node, branch: gs.Graph, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+        return self._inline(node, branch, names), "inlined"
 
     @staticmethod
-    def _inline(graph: gs.Graph, node: gs.Node, branch: gs.Graph, names: NameGen) -> None:
+    def _inline(node: gs.Node, branch: gs.Graph, names: NameGen) -> list[gs.Node]:
         produced = {id(t) for n in branch.nodes for t in n.outputs}
         for inner in branch.nodes:
             if inner.name in names.taken:
@@ -83,9 +71,9 @@ class InlineConstantIfPass(Pass):
                     t.name = names()
                 names.taken.add(t.name)
         outer_outputs = list(node.outputs)
-        node.inputs.clear()
-        node.outputs.clear()
-        graph.nodes.extend(branch.nodes)
+        disconnect([node])
+        new = list(branch.nodes)
+        branch.nodes.clear()
         claimed: dict[int, gs.Tensor] = {}
         for inner_t, outer_t in zip(branch.outputs, outer_outputs):
             if id(inner_t) in produced and id(inner_t) not in claimed:
@@ -101,5 +89,5 @@ class InlineConstantIfPass(Pass):
                     outer_t.dtype, outer_t.shape = inner_t.dtype, inner_t.shape
             else:
                 source = claimed.get(id(inner_t), inner_t)
-                graph.nodes.append(gs.Node("Identity", name=names(), inputs=[source], outputs=[outer_t]))
-        branch.nodes.clear()
+                new.append(gs.Node("Identity", name=names(), inputs=[source], outputs=[outer_t]))
+        return new

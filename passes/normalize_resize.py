@@ -30,8 +30,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.registry import register_pass
+from surgery.rewrite import NodeRewritePass
 
 __all__ = ["NormalizeResizePass"]
 
@@ -85,40 +86,27 @@ def _cubic_1d(node: gs.Node) -> tuple | str | None:
 
 
 @register_pass
-class NormalizeResizePass(Pass):
+class NormalizeResizePass(NodeRewritePass):
     name = "normalize-resize"
     summary = "Keep-aspect-ratio Resize -> stretch with explicit sizes; 1-D cubic Resize -> 2-D."
-    rewrites_ops = ("Resize",)
+    ops = ("Resize",)
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        opset = int(graph.opset or 0)
-        found = []
-        for node in graph.nodes:
-            if (node.domain or "") not in ("", "ai.onnx"):
-                continue
-            if node.op != "Resize" or opset < 11:
-                continue
-            verdict = _aspect(node) or _cubic_1d(node)
-            if isinstance(verdict, str):
-                result.reject(verdict, node.name)
-            elif verdict is not None:
-                found.append((node, verdict))
-        names = NameGen(graph, self.name)
-        for node, plan in found:
-            getattr(self, f"_{plan[0]}")(graph, node, plan, names, opset)
-            result.apply(node.name, plan[0])
-        if found:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> tuple | str | None:
+        if int(graph.opset or 0) < 11:
+            return None
+        return _aspect(node) or _cubic_1d(node)
+
+    def rewrite(self, node: gs.Node, plan: tuple, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+        return getattr(self, f"_{plan[0]}")(node, plan, names), plan[0]
 
     @staticmethod
-    def _aspect(graph: gs.Graph, node: gs.Node, plan: tuple, names: NameGen, opset: int) -> None:
+    def _aspect(node: gs.Node, plan: tuple, names: NameGen) -> list[gs.Node]:
         node.inputs[3] = gs.Constant(names("/sizes"), plan[1])
         node.attrs["keep_aspect_ratio_policy"] = "stretch"
+        return [node]
 
     @staticmethod
-    def _cubic(graph: gs.Graph, node: gs.Node, plan: tuple, names: NameGen, opset: int) -> None:
+    def _cubic(node: gs.Node, plan: tuple, names: NameGen) -> list[gs.Node]:
         values, is_sizes = plan[1].reshape(-1), plan[2]
         axes = [int(a) % 3 for a in node.attrs.pop("axes", [0, 1, 2])]
         full = np.array([1, 1, 1], dtype=values.dtype) if not is_sizes else np.array(node.inputs[0].shape, np.int64)
@@ -135,8 +123,6 @@ class NormalizeResizePass(Pass):
         if is_sizes:
             inputs.append(param)
         attrs = dict(node.attrs)
-        node.inputs.clear()
-        node.outputs.clear()
-        graph.nodes += [gs.Node("Unsqueeze", name=names(), inputs=[x, axis2], outputs=[x4]),
-                        gs.Node("Resize", name=names(), attrs=attrs, inputs=inputs, outputs=[y4]),
-                        gs.Node("Squeeze", name=names(), inputs=[y4, axis2], outputs=[out])]
+        return [gs.Node("Unsqueeze", name=names(), inputs=[x, axis2], outputs=[x4]),
+                gs.Node("Resize", name=names(), attrs=attrs, inputs=inputs, outputs=[y4]),
+                gs.Node("Squeeze", name=names(), inputs=[y4, axis2], outputs=[out])]

@@ -33,8 +33,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.registry import register_pass
+from surgery.rewrite import NodeRewritePass
 
 __all__ = ["RewriteEinsumPass", "plan_einsum"]
 
@@ -87,31 +88,16 @@ def plan_einsum(equation: str) -> dict | str:
 
 
 @register_pass
-class RewriteEinsumPass(Pass):
+class RewriteEinsumPass(NodeRewritePass):
     name = "rewrite-einsum"
     summary = "Lower Einsum (batched-matmul equations and pure transposes) to MatMul/Transpose."
-    rewrites_ops = ("Einsum",)
+    ops = ("Einsum",)
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        found = []
-        for node in graph.nodes:
-            if node.op != "Einsum" or (node.domain or "") not in ("", "ai.onnx"):
-                continue
-            plan = plan_einsum(str(node.attrs.get("equation", "")))
-            if isinstance(plan, str):
-                result.reject(plan, node.name)
-            else:
-                found.append((node, plan))
-        names = NameGen(graph, self.name)
-        for node, plan in found:
-            graph.nodes.extend(self._lower(node, plan, names))
-            node.inputs.clear()
-            node.outputs.clear()
-            result.apply(node.name, plan["kind"])
-        if found:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> dict | str:
+        return plan_einsum(str(node.attrs.get("equation", "")))
+
+    def rewrite(self, node: gs.Node, plan: dict, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+        return self._lower(node, plan, names), plan["kind"]
 
     @staticmethod
     def _lower(node: gs.Node, plan: dict, names: NameGen) -> list[gs.Node]:

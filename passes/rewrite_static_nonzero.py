@@ -27,9 +27,10 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.graph_utils import NameGen, const_value, disconnect
+from surgery.pass_base import PassContext
 from surgery.registry import register_pass
+from surgery.rewrite import NodeRewritePass
 
 __all__ = ["RewriteStaticNonzeroPass"]
 
@@ -54,42 +55,30 @@ def _mask_chain(node: gs.Node, graph: gs.Graph) -> list[gs.Node]:
 
 
 @register_pass
-class RewriteStaticNonzeroPass(Pass):
+class RewriteStaticNonzeroPass(NodeRewritePass):
     name = "rewrite-static-nonzero"
     summary = "Turn NonZero of a constant mask into constant indices, and Compress with a constant condition into Gather."
-    rewrites_ops = ("NonZero", "Compress")
+    ops = ("NonZero", "Compress")
 
     def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         self.max_elements = max_elements
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        found = []
-        for node in graph.nodes:
-            if node.op not in ("NonZero", "Compress") or (node.domain or "") not in ("", "ai.onnx"):
-                continue
-            mask = const_value(node.inputs[0 if node.op == "NonZero" else 1])
-            if mask is None:
-                result.reject("mask-not-constant", node.name)
-            elif mask.size > self.max_elements:
-                result.reject("too-large", node.name)
-            elif not np.any(mask):
-                result.reject("empty-selection", node.name)
-            else:
-                found.append((node, np.asarray(mask)))
-        names = NameGen(graph, self.name)
-        for node, mask in found:
-            if node.op == "NonZero":
-                self._nonzero(graph, node, mask, names)
-            else:
-                self._compress(graph, node, mask, names)
-            result.apply(node.name, node.op)
-        if found:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> np.ndarray | str:
+        mask = const_value(node.inputs[0 if node.op == "NonZero" else 1])
+        if mask is None:
+            return "mask-not-constant"
+        if mask.size > self.max_elements:
+            return "too-large"
+        if not np.any(mask):
+            return "empty-selection"
+        return np.asarray(mask)
+
+    def rewrite(self, node: gs.Node, mask: np.ndarray, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+        lower = self._nonzero if node.op == "NonZero" else self._compress
+        return lower(graph, node, mask, names), node.op
 
     @staticmethod
-    def _nonzero(graph: gs.Graph, node: gs.Node, mask: np.ndarray, names: NameGen) -> None:
+    def _nonzero(graph: gs.Graph, node: gs.Node, mask: np.ndarray, names: NameGen) -> list[gs.Node]:
         values = np.array(np.nonzero(mask), dtype=np.int64)
         chain = _mask_chain(node, graph) if mask.ndim == 1 else []
         if chain:
@@ -98,22 +87,20 @@ class RewriteStaticNonzeroPass(Pass):
             values = values.reshape(-1)
         last = chain[-1] if chain else node
         out = last.outputs[0]
-        graph.nodes.append(gs.Node("Constant", name=names(), attrs={"value": gs.Constant(names("/value"), values)},
-                                   outputs=[out]))
-        for n in [node, *chain]:
-            n.inputs.clear()
-            n.outputs.clear()
+        const = gs.Node("Constant", name=names(), attrs={"value": gs.Constant(names("/value"), values)}, outputs=[out])
+        disconnect(chain)
+        return [const]
 
     @staticmethod
-    def _compress(graph: gs.Graph, node: gs.Node, mask: np.ndarray, names: NameGen) -> None:
+    def _compress(graph: gs.Graph, node: gs.Node, mask: np.ndarray, names: NameGen) -> list[gs.Node]:
         x, out = node.inputs[0], node.outputs[0]
         indices = gs.Constant(names("/indices"), np.flatnonzero(mask.reshape(-1)).astype(np.int64))
         axis = node.attrs.get("axis")
+        new = []
         if axis is None:
             flat = gs.Variable(names(), dtype=x.dtype)
             minus1 = gs.Constant(names("/shape"), np.array([-1], np.int64))
-            graph.nodes.append(gs.Node("Reshape", name=names(), inputs=[x, minus1], outputs=[flat]))
+            new.append(gs.Node("Reshape", name=names(), inputs=[x, minus1], outputs=[flat]))
             x, axis = flat, 0
-        graph.nodes.append(gs.Node("Gather", name=names(), attrs={"axis": int(axis)}, inputs=[x, indices], outputs=[out]))
-        node.inputs.clear()
-        node.outputs.clear()
+        new.append(gs.Node("Gather", name=names(), attrs={"axis": int(axis)}, inputs=[x, indices], outputs=[out]))
+        return new

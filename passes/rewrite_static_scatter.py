@@ -23,19 +23,25 @@ Numerics: exact; each element receives exactly one reduction, computed by the sa
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.registry import register_pass
+from surgery.rewrite import NodeRewritePass
 
 __all__ = ["RewriteStaticScatterPass"]
 
 log = logging.getLogger(__name__)
 
 _REDUCE = {"add": "Add", "mul": "Mul", "max": "Max", "min": "Min"}
+
+
+class _Plan(NamedTuple):
+    op: str  # the binary op that pre-reduces the updates (a bare str would read as a rejection)
 
 
 def _dim(x: gs.Tensor, axis: int) -> int | None:
@@ -70,49 +76,38 @@ def _targets(node: gs.Node, idx: np.ndarray) -> np.ndarray | str:
 
 
 @register_pass
-class RewriteStaticScatterPass(Pass):
+class RewriteStaticScatterPass(NodeRewritePass):
     name = "rewrite-static-scatter"
     summary = "Turn reducing ScatterElements/ScatterND with constant distinct indices into plain scatters."
-    rewrites_ops = ("ScatterElements", "ScatterND")
+    ops = ("ScatterElements", "ScatterND")
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        found = []
-        for node in graph.nodes:
-            if node.op not in ("ScatterElements", "ScatterND") or (node.domain or "") not in ("", "ai.onnx"):
-                continue
-            reduction = node.attrs.get("reduction", "none")
-            reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
-            if reduction == "none":
-                continue  # already the form TensorRT takes
-            idx = const_value(node.inputs[1])
-            if reduction not in _REDUCE:
-                reason = "unknown-reduction"
-            elif idx is None:
-                reason = "indices-not-constant"
-            else:
-                rows = _targets(node, np.asarray(idx))
-                reason = rows if isinstance(rows, str) else (
-                    "duplicate-indices" if len(np.unique(rows, axis=0)) != len(rows) else None)
-            if reason:
-                result.reject(reason, node.name)
-            else:
-                found.append((node, _REDUCE[reduction]))
-        names = NameGen(graph, self.name)
-        for node, op in found:
-            x, idx, updates = node.inputs
-            gathered = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
-            combined = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
-            if node.op == "ScatterElements":
-                gather = gs.Node("GatherElements", name=names(), attrs={"axis": int(node.attrs.get("axis", 0))},
-                                 inputs=[x, idx], outputs=[gathered])
-            else:
-                gather = gs.Node("GatherND", name=names(), inputs=[x, idx], outputs=[gathered])
-            reduce = gs.Node(op, name=names(), inputs=[gathered, updates], outputs=[combined])
-            node.inputs[2] = combined
-            node.attrs.pop("reduction")
-            graph.nodes.extend([gather, reduce])
-            result.apply(node.name, f"{node.op}:{op}")
-        if found:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> str | None:
+        reduction = node.attrs.get("reduction", "none")
+        reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+        if reduction == "none":
+            return None  # already the form TensorRT takes
+        idx = const_value(node.inputs[1])
+        if reduction not in _REDUCE:
+            return "unknown-reduction"
+        if idx is None:
+            return "indices-not-constant"
+        rows = _targets(node, np.asarray(idx))
+        if isinstance(rows, str):
+            return rows
+        if len(np.unique(rows, axis=0)) != len(rows):
+            return "duplicate-indices"
+        return _Plan(_REDUCE[reduction])
+
+    def rewrite(self, node: gs.Node, plan: _Plan, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+        x, idx, updates = node.inputs
+        gathered = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
+        combined = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
+        if node.op == "ScatterElements":
+            gather = gs.Node("GatherElements", name=names(), attrs={"axis": int(node.attrs.get("axis", 0))},
+                             inputs=[x, idx], outputs=[gathered])
+        else:
+            gather = gs.Node("GatherND", name=names(), inputs=[x, idx], outputs=[gathered])
+        reduce = gs.Node(plan.op, name=names(), inputs=[gathered, updates], outputs=[combined])
+        node.inputs[2] = combined
+        node.attrs.pop("reduction")
+        return [gather, reduce, node], f"{node.op}:{plan.op}"

@@ -31,8 +31,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_base import PassContext, PassResult
 from surgery.registry import register_pass
+from surgery.rewrite import NodeRewritePass
 
 __all__ = ["UnrollLoopPass"]
 
@@ -82,36 +83,22 @@ def _verdict(node: gs.Node, max_iters: int) -> int | str:
 
 
 @register_pass
-class UnrollLoopPass(Pass):
+class UnrollLoopPass(NodeRewritePass):
     name = "unroll-loop"
     summary = "Unroll a Loop with a constant trip count (at most max_iters) and no data-dependent condition."
-    rewrites_ops = ("Loop",)
+    ops = ("Loop",)
 
     def __init__(self, max_iters: int = DEFAULT_MAX_ITERS) -> None:
         self.max_iters = max_iters
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        result = PassResult()
-        max_iters = int(ctx.option("unroll_max_iters", self.max_iters))
-        found = []
-        for node in graph.nodes:
-            if node.op != "Loop" or (node.domain or "") not in ("", "ai.onnx"):
-                continue
-            verdict = _verdict(node, max_iters)
-            if isinstance(verdict, str):
-                result.reject(verdict, node.name)
-            else:
-                found.append((node, verdict))
-        names = NameGen(graph, self.name)
-        for node, count in found:
-            graph.nodes.extend(self._unroll(node, count, names))
-            node.inputs.clear()
-            node.outputs.clear()
-            result.apply(node.name, f"unrolled:{count}")
-            result.stats["iterations"] += count
-        if found:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return result
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> int | str:
+        return _verdict(node, int(ctx.option("unroll_max_iters", self.max_iters)))
+
+    def rewrite(self, node: gs.Node, count: int, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+        return self._unroll(node, count, names), f"unrolled:{count}"
+
+    def record(self, result: PassResult, count: int) -> None:
+        result.stats["iterations"] += count
 
     @staticmethod
     def _unroll(node: gs.Node, count: int, names: NameGen) -> list[gs.Node]:

@@ -1,7 +1,7 @@
 """Small graph-editing helpers shared by passes."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -315,6 +315,15 @@ def add_affine_tail(pattern: gs.GraphPattern, t: int, cast: bool, affine: str) -
 
 
 AFFINE_TAILS = ("g-b", "g-br", "gr-b", "gr-br", "g", "gr", "")
+
+
+def present_variants(graph: gs.Graph, variants: Iterable[Any]) -> dict[str, Any]:
+    """The variants (objects with ``key`` and ``ops``) whose ops all occur in ``graph``, by key, in order.
+
+    A pattern that needs an op the graph lacks cannot match, and building it costs start-up time.
+    """
+    present = {n.op for n in graph.nodes}
+    return {v.key: v for v in variants if v.ops <= present}
 
 
 def other_input(node: gs.Node, internal: gs.Tensor) -> gs.Tensor:

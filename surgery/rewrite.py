@@ -3,17 +3,20 @@
 ``run`` collects all matches first, skips overlapping and non-convex ones, asks ``check`` for a
 whole-match verdict, raises the opset once if the pass needs it, then applies ``rewrite`` to the
 survivors and cleans up once.
+
+``NodeRewritePass``: the same collect-then-apply contract for rewrites of one node at a time, judged
+by op type instead of a pattern.
 """
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import onnx_graphsurgeon as gs
 
 from surgery.analysis import NxView
 from surgery.errors import UserInputError
-from surgery.graph_utils import NameGen, disconnect
+from surgery.graph_utils import NameGen, disconnect, toposort
 from surgery.matching import entry_op, match_all  # noqa: F401  (re-exported; run() matches with it)
 from surgery.opset import raise_opset, raise_refusal
 from surgery.pass_base import Pass, PassContext, PassResult
@@ -141,3 +144,63 @@ class PatternRewritePass(Pass):
         for node in view.nodes:
             if node.op in self.anchor_ops and id(node) not in used and node.name not in reported:
                 result.sites.append({"site": node.name, "outcome": "unmatched", "reason": self.unmatched_reason(node, graph)})
+
+
+class NodeRewritePass(Pass):
+    """Subclasses provide ``ops``, ``decide`` and ``rewrite`` for rewrites of one node at a time.
+
+    ``run`` asks ``decide`` about every node of the main graph whose op is in ``ops`` and whose domain
+    is in ``domains``, rejecting or collecting it, before anything changes; it then applies ``rewrite``
+    to each collected node, disconnects the node and runs one ``cleanup`` and toposort.
+    """
+
+    ops: ClassVar[tuple[str, ...]] = ()
+    domains: ClassVar[tuple[str, ...]] = ("", "ai.onnx")
+
+    @abstractmethod
+    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> Any:
+        """Judge one candidate before the graph changes.
+
+        Returns:
+            A kebab-case rejection reason (str), None when the node is no candidate after all (no stat,
+            no site), or anything else: the plan handed to ``rewrite``.
+        """
+
+    @abstractmethod
+    def rewrite(self, node: gs.Node, plan: Any, graph: gs.Graph, ctx: PassContext,
+                names: NameGen) -> tuple[list[gs.Node], str]:
+        """Build the replacement of ``node``.
+
+        Returns:
+            The new nodes, which write the node's own output tensors (``run`` adds them to the graph
+            in this order), and the outcome label of the site. Listing ``node`` itself keeps it,
+            edited in place; otherwise ``run`` disconnects it.
+        """
+
+    def record(self, result: PassResult, plan: Any) -> None:
+        """Add stats of an applied rewrite beyond ``applied`` (none by default)."""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult()
+        accepted: list[tuple[gs.Node, Any]] = []
+        for node in graph.nodes:
+            if node.op not in self.ops or (node.domain or "") not in self.domains:
+                continue
+            plan = self.decide(node, graph, ctx)
+            if isinstance(plan, str):
+                result.reject(plan, node.name)
+            elif plan is not None:
+                accepted.append((node, plan))
+        names = NameGen(graph, self.name)
+        for node, plan in accepted:
+            new, outcome = self.rewrite(node, plan, graph, ctx, names)
+            if any(n is node for n in new):
+                new = [n for n in new if n is not node]
+            else:
+                disconnect([node])
+            graph.nodes.extend(new)
+            result.apply(node.name, outcome)
+            self.record(result, plan)
+        if accepted:
+            toposort(graph.cleanup())
+        return result

@@ -105,6 +105,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
         "output": str(dst.resolve()),
         "pipeline": pipeline_spec(opts),
         "emit": opts.emit,
+        "load_notes": loaded.notes,
         "nodes_before": nodes_before,
         "nodes_after": len(model.graph.node),
         **report.to_json(),

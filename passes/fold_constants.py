@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from surgery.io import ExternalValues
@@ -67,8 +68,14 @@ def _fix_sliced_shapes(graph: gs.Graph) -> int:
         if len(selected) == len(dims):  # full range (dynamo writes start=0, end=rank): plain Shape
             node.attrs.pop("start", None)
             node.attrs.pop("end", None)
-        elif all(isinstance(d, int) and d >= 0 for d in selected) and out not in graph.outputs:
+        elif all(isinstance(d, int) and d >= 0 for d in selected):
             const = gs.Constant(f"{node.name}/value", np.array(selected, dtype=np.int64))
+            if out in graph.outputs:  # the output keeps its name: Identity of the value, folded next
+                node.op, node.attrs = "Identity", {}
+                node.inputs.clear()
+                node.inputs.append(const)
+                fixed += 1
+                continue
             for consumer in list(out.outputs):
                 for j, t in enumerate(consumer.inputs):
                     if t is out:
@@ -87,6 +94,20 @@ def _fix_sliced_shapes(graph: gs.Graph) -> int:
             continue
         fixed += 1
     return fixed
+
+
+# ops whose values are sequences or optionals: gs evaluates only tensors (it fails on a list's nbytes)
+_NOT_TENSOR_OPS = frozenset({
+    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength",
+    "SequenceMap", "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalHasElement", "OptionalGetElement",
+})
+
+def _not_tensor(node: gs.Node) -> bool:
+    """Whether ``node`` computes a sequence or an optional (itself, or through a subgraph's outputs)."""
+    if node.op in _NOT_TENSOR_OPS or any(isinstance(a, onnx.TypeProto) for a in node.attrs.values()):
+        return True
+    outs = list(node.outputs) + [t for g in node.attrs.values() if isinstance(g, gs.Graph) for t in g.outputs]
+    return any(getattr(t, "type", "tensor_type") not in ("tensor_type", None) for t in outs)
 
 
 # ops gs.Graph.fold_constants may rewrite around Casts of shape tensors ("cast elision")
@@ -195,7 +216,7 @@ class FoldConstantsPass(Pass):
         threshold = ctx.option("fold_size_threshold", self.size_threshold)
         too_big = _materialize_small_external(graph, threshold)
         result.stats["sliced-shapes"] = _fix_sliced_shapes(graph)
-        exclude = lambda node: any(id(t) in too_big for t in node.inputs)  # noqa: E731
+        exclude = lambda node: _not_tensor(node) or any(id(t) in too_big for t in node.inputs)  # noqa: E731
         quiet = gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL)
         try:
             quiet.__enter__()
@@ -204,11 +225,15 @@ class FoldConstantsPass(Pass):
                                      should_exclude_node=exclude)
         except Exception as exc:
             message = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-            log.warning("constant folding hit an error, retrying per partition: %s", message)
+            log.info("constant folding hit an error, retrying per partition: %s", message)
             result.stats["fold-error"] += 1
             result.notes.append(f"evaluation failed, folded per partition instead: {message}")
-            graph.fold_constants(error_ok=True, partitioning="recursive", size_threshold=threshold,
-                                 flatten_subgraphs=False, should_exclude_node=exclude)
+            try:
+                graph.fold_constants(error_ok=True, partitioning="recursive", size_threshold=threshold,
+                                     flatten_subgraphs=False, should_exclude_node=exclude)
+            except Exception as again:  # folding is an optimization: leave what could not be folded
+                message = (str(again).strip().splitlines() or [type(again).__name__])[-1][:300]
+                result.notes.append(f"per-partition folding failed too, left unfolded: {message}")
         finally:
             quiet.__exit__(None, None, None)
         toposort(graph.cleanup())

@@ -39,7 +39,7 @@ def _inferred_types(g: onnx.GraphProto) -> tuple[dict[str, _Typed], set[str]]:
     types: dict[str, _Typed] = {}
 
     def typed(vi: onnx.ValueInfoProto) -> _Typed:
-        if vi.type.ByteSize() > 0:
+        if vi.type.HasField("tensor_type"):  # gs's readers fail on optional and nested types
             return _Typed(get_onnx_tensor_dtype(vi), get_onnx_tensor_shape(vi))
         return _Typed(None, None)
 

@@ -1,7 +1,8 @@
-"""remove-dead-nodes: drop nodes, initializers and graph inputs that no graph output depends on.
+"""remove-dead-nodes: drop nodes and initializers that no graph output depends on.
 
-Summary: wraps ``gs.Graph.cleanup``. Unused graph inputs are removed too (``keep_inputs=True``
-keeps the model's interface); each removed input is named in the notes.
+Summary: wraps ``gs.Graph.cleanup``. Graph inputs are the model's interface and stay, even when
+folding left one unused (code that feeds it by name keeps working); ``remove_inputs=True`` drops
+unused ones too, each named in the notes.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ def _constants(graph: gs.Graph) -> set[str]:
 @register_pass
 class RemoveDeadNodesPass(Pass):
     name = "remove-dead-nodes"
-    summary = "Remove nodes, initializers and graph inputs that no graph output depends on."
+    summary = "Remove nodes and initializers that no graph output depends on (graph inputs stay)."
 
-    def __init__(self, keep_inputs: bool = False) -> None:
-        self.keep_inputs = keep_inputs
+    def __init__(self, remove_inputs: bool = False) -> None:
+        self.remove_inputs = remove_inputs
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
@@ -29,7 +30,7 @@ class RemoveDeadNodesPass(Pass):
         # Subgraph inputs (a Loop body's iteration count and condition) are part of the op's
         # signature: only the main graph may lose unused inputs.
         graph.cleanup(remove_unused_graph_inputs=False)
-        if not self.keep_inputs:
+        if self.remove_inputs:
             graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         removed_inputs = [name for name in inputs if name not in {t.name for t in graph.inputs}]
         result.stats["nodes"] = nodes - len(graph.nodes)

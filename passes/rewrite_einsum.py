@@ -97,10 +97,10 @@ class RewriteEinsumPass(NodeRewritePass):
         return plan_einsum(str(node.attrs.get("equation", "")))
 
     def rewrite(self, node: gs.Node, plan: dict, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
-        return self._lower(node, plan, names), plan["kind"]
+        return self._lower(node, plan, names, graph.opset), plan["kind"]
 
     @staticmethod
-    def _lower(node: gs.Node, plan: dict, names: NameGen) -> list[gs.Node]:
+    def _lower(node: gs.Node, plan: dict, names: NameGen, opset: int) -> list[gs.Node]:
         out = node.outputs[0]
         dtype = out.dtype
         new: list[gs.Node] = []
@@ -110,11 +110,14 @@ class RewriteEinsumPass(NodeRewritePass):
             new.append(gs.Node(op, name=names(), attrs=attrs or {}, inputs=inputs, outputs=[t]))
             return t
 
-        def axes(values: list[int]) -> gs.Constant:
-            return gs.Constant(names("/axes"), np.array(values, np.int64))
+        def squeeze_op(op: str, x: gs.Tensor, values: list[int], dst: gs.Tensor | None = None) -> gs.Tensor:
+            if opset < 13:  # axes became an input in opset 13
+                return emit(op, [x], {"axes": values}, dst)
+            return emit(op, [x, gs.Constant(names("/axes"), np.array(values, np.int64))], dst=dst)
 
         if plan["kind"] == "transpose":
-            emit("Transpose", [node.inputs[0]], {"perm": plan["perm"]}, out)
+            perm = plan["perm"]
+            emit("Transpose" if perm else "Identity", [node.inputs[0]], {"perm": perm} if perm else {}, out)
             return new
         a, b = node.inputs
         if plan["perm_a"] != sorted(plan["perm_a"]):
@@ -122,14 +125,14 @@ class RewriteEinsumPass(NodeRewritePass):
         if plan["perm_b"] != sorted(plan["perm_b"]):
             b = emit("Transpose", [b], {"perm": plan["perm_b"]})
         if not plan["rows"]:
-            a = emit("Unsqueeze", [a, axes([-2])])
+            a = squeeze_op("Unsqueeze", a, [-2])
         if not plan["cols"]:
-            b = emit("Unsqueeze", [b, axes([-1])])
+            b = squeeze_op("Unsqueeze", b, [-1])
         squeeze = ([] if plan["rows"] else [-2]) + ([] if plan["cols"] else [-1])
         identity_out = plan["perm_out"] == sorted(plan["perm_out"])
         y = emit("MatMul", [a, b], dst=out if not squeeze and identity_out else None)
         if squeeze:
-            y = emit("Squeeze", [y, axes(squeeze)], dst=out if identity_out else None)
+            y = squeeze_op("Squeeze", y, squeeze, dst=out if identity_out else None)
         if not identity_out:
             emit("Transpose", [y], {"perm": plan["perm_out"]}, out)
         return new

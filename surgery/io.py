@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper as ext
 
+from surgery import gs_compat
 from surgery.errors import ModelLoadError, UserInputError
+
+gs_compat.install()
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class LoadedModel:
     model: onnx.ModelProto
     path: Path
     base_dir: Path
+    notes: list[str] = field(default_factory=list)  # load-time repairs (surgery.normalize)
 
     @property
     def has_external_data(self) -> bool:
@@ -86,11 +90,14 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise ModelLoadError(f"{p}: not an ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(f"{p}: not an ONNX model (no graph)")
-    from surgery.model_checks import check_structure  # local import keeps io light
+    from surgery.model_checks import check_structure, refuse_outside_functions  # local import keeps io light
+    from surgery.normalize import normalize
 
+    refuse_outside_functions(model, p)
+    notes = normalize(model)
     check_structure(model, p)
     assign_names(model.graph)
-    return LoadedModel(model, p.resolve(), p.resolve().parent)
+    return LoadedModel(model, p.resolve(), p.resolve().parent, notes)
 
 
 def assign_names(graph: onnx.GraphProto) -> int:
@@ -139,7 +146,10 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
                 model.opset_import.append(o)
         functions = {(f.domain, f.name) for f in model.functions}
         model.functions.extend(f for f in like.functions if (f.domain, f.name) not in functions)
-    model.ir_version = min(model.ir_version, MAX_IR_VERSION) if model.ir_version else MAX_IR_VERSION
+    from surgery.normalize import MIN_IR_VERSION
+
+    ir = min(model.ir_version, MAX_IR_VERSION) if model.ir_version else MAX_IR_VERSION
+    model.ir_version = max(ir, MIN_IR_VERSION)
     for t in _all_tensors(model):
         # gs keeps an imported Constant's data_location after a pass replaced its lazy values by an
         # array, which exports as "external" tensors with inline bytes and no file.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from converter.backends import BACKEND_CHOICES, select_backend
 from converter.capability import CapabilityReport, check_model
+from surgery.paths import check_outputs, model_files
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(model_files(Path(args.model)), {"--json": args.json_out, "--html": args.html},
+                  {"--save-partitions": args.save_partitions})
     backend = select_backend(args.backend)
     report = check_model(args.model, backend, build=not args.no_build, spec_path=args.spec, plugins=args.plugins,
                          decomposable_attention=args.decomposable_attention,

@@ -12,6 +12,7 @@ from converter.specs import resolve_spec
 from converter.trt_build import BuildOptions, build_engine, make_profiles
 from surgery.errors import UserInputError
 from surgery.io import load_model
+from surgery.paths import check_outputs, model_files
 from surgery.shapes import parse_shapes
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KIB": 2**10, "M": 2**20, "MIB": 2**20, "G": 2**30, "GIB": 2**30}
@@ -67,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if backend.module is None:
         raise UserInputError("convert needs tensorrt or tensorrt_rtx (pip install '.[rtx]'); none is importable")
     loaded = load_model(args.model)
+    engine = Path(args.output)
+    check_outputs(model_files(loaded.path, loaded.model),
+                  {"-o": engine, "engine build log": engine.with_name(engine.name + ".build.log"),
+                   "engine layer table": engine.with_name(engine.name + ".layers.json"), "--json": args.json_out})
+    if args.timing_cache:  # read and rewritten: it may exist, it must not be an input or another output
+        check_outputs(model_files(loaded.path, loaded.model) | {engine.resolve()}, {"--timing-cache": args.timing_cache})
     options = options_from_args(args)
     specs = resolve_spec(loaded.model, args.model, args.spec)
     result = build_engine(loaded, Path(args.output), backend, options, specs)

@@ -9,6 +9,7 @@ from passes.infer_shapes import InferShapesPass
 from surgery.errors import UserInputError
 from surgery.io import load_model, save_model, to_graph, to_model
 from surgery.pass_base import PassContext
+from surgery.paths import check_outputs, model_files
 
 
 def extract(graph: gs.Graph, inputs: list[str], outputs: list[str]) -> gs.Graph:
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
+    check_outputs(model_files(loaded.path, loaded.model), {"-o": args.output})
     graph = to_graph(loaded)
     names = lambda s: [n for n in s.split(",") if n]  # noqa: E731
     extract(graph, names(args.inputs), names(args.outputs))

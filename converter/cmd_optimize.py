@@ -42,14 +42,12 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or (args.model if args.in_place else None)
     if not output:
         raise UserInputError("optimize: -o/--output is required (or --in-place)")
-    if args.report and args.report.exists() and args.report.is_dir():
-        raise UserInputError(f"{args.report}: is a directory")
     opts = OptimizeOptions(
         preset=args.preset, passes=args.passes, disable=frozenset(args.disable),
         input_shapes=parse_shapes(args.input_shapes) if args.input_shapes else None, emit=args.emit,
         explain=frozenset(args.explain), validate_each=args.validate_each, spec=args.spec, dump_dir=args.dump_dir,
         external_data=args.external_data, in_place=args.in_place, precision=args.precision,
-        keep_io_types=args.keep_io_types,
+        keep_io_types=args.keep_io_types, report=args.report,
     )
     if args.plugin_map:
         from converter.plugin_map import load_plugin_map

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from converter.backends import select_backend
 from converter.cmd_check import add_backend_argument
 from converter.partition_run import partition_model
+from surgery.paths import check_outputs, model_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(model_files(Path(args.model)), {}, {"-o": args.output})
     manifest = partition_model(args.model, args.output, select_backend(args.backend))
     by = manifest["classified_by"]
     print(f"{len(manifest['partitions'])} partition(s) of {args.model} (classified by {by['name']} {by['version']})")

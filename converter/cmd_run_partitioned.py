@@ -15,6 +15,7 @@ from converter.partition_run import execute_partitions, load_manifest
 from converter.specs import resolve_spec
 from converter.validate import make_feeds
 from surgery.numerics import compare, run_ort
+from surgery.paths import check_outputs, model_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.folder)
     original = Path(manifest["model"])
+    folder_files = {p for p in Path(args.folder).iterdir() if p.is_file()} if Path(args.folder).is_dir() else set()
+    check_outputs(folder_files | model_files(original) | ({Path(args.inputs)} if args.inputs else set()),
+                  {"--save": args.save})
     reference = onnx.load(str(original), load_external_data=False) if original.is_file() else None
     model_for_spec = reference or onnx.load(str(Path(args.folder) / manifest["partitions"][0]["file"]))
     specs = resolve_spec(model_for_spec, original if reference is not None else None, args.spec)

@@ -17,6 +17,7 @@ from converter.specs import resolve_spec
 from converter.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
 from surgery.errors import UserInputError
 from surgery.io import LoadedModel, load_model
+from surgery.paths import check_outputs, model_files
 
 EXIT_SKIPPED = 3
 
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     ref = load_model(args.reference)
     if not Path(args.candidate).is_file():
         raise UserInputError(f"{args.candidate}: no such file")
+    inputs = model_files(ref.path, ref.model) | model_files(Path(args.candidate)) | {
+        Path(p).resolve() for p in (args.inputs, args.spec) if p}
+    check_outputs(inputs, {"--json": args.json_out})
     specs = resolve_spec(ref.model, args.reference, args.spec)
     feeds = make_feeds(specs, args.inputs, args.seed)
     names = (str(args.reference), str(args.candidate))

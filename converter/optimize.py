@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 from surgery.io import load_model, save_model, to_graph, to_model
+from surgery.paths import check_outputs, model_files
 from surgery.numerics import InputSpec, load_spec, spec_from_model
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.pass_manager import PassHook, PassManager
@@ -32,6 +33,7 @@ class OptimizeOptions:
     precision: str | None = None  # "fp16" or "bf16": append convert-precision
     keep_io_types: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None  # checked with the other outputs before any work; written by the caller
 
 
 class _Progress(PassHook):
@@ -79,10 +81,16 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     """Optimize ``src`` into ``dst``; returns the JSON-ready report. Nothing is written on failure."""
     loaded = load_model(src)
     dst = Path(dst)
-    if not opts.in_place and dst.resolve() == loaded.path:
+    inputs = model_files(loaded.path, loaded.model)
+    if not opts.in_place and dst.resolve() in inputs:
         from surgery.errors import UserInputError
 
-        raise UserInputError(f"{dst}: output would overwrite the input model (use --in-place to allow it)")
+        what = "the input model" if dst.resolve() == loaded.path else "an external-data file of the input"
+        raise UserInputError(f"{dst}: output would overwrite {what} (use --in-place to allow it)")
+    data_file = dst.with_name(dst.name + ".data") if opts.external_data or loaded.has_external_data else None
+    check_outputs(inputs, {"-o": dst, "-o's external data": data_file, "--report": opts.report},
+                  {"--dump-dir": opts.dump_dir if opts.validate_each else None},
+                  allow_overwrite=inputs if opts.in_place else ())
     steps = parse_pipeline(pipeline_spec(opts), opts.disable)
     options = {"emit": opts.emit, **opts.extra}
     if opts.input_shapes:

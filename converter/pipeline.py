@@ -22,6 +22,7 @@ from converter.trt_build import BuildOptions, build_engine
 from converter.validate import make_feeds, validate_engine, validate_onnx
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
+from surgery.paths import check_outputs, model_files
 from surgery.registry import list_presets
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ def _full(loaded: Any) -> onnx.ModelProto:
 def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) -> RunResult:
     """Run the four stages; every stage's outcome (or why it did not run) lands in the report."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_outputs(model_files(Path(model_path)), {}, {"-o": out})
+    written = ("model.opt.onnx", "model.opt.onnx.data", "model.engine", "model.engine.build.log",
+               "model.engine.layers.json", "report.json", "report.html")
+    check_outputs(model_files(Path(model_path)), {f"-o/{name}": out / name for name in written if out.exists()})
+    out.mkdir(exist_ok=True)
     preset = opts.preset or ("trt" if "trt" in list_presets() else "default")
     opt_path = out / "model.opt.onnx"
     optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec))

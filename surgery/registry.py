@@ -57,16 +57,36 @@ def preset_pipeline(name: str) -> str:
         raise UserInputError(f"unknown preset '{name}' (known: {known})") from None
 
 
+def _check_syntax(spec: str, tokens: list[str]) -> None:
+    """One line for each way a pipeline string can be malformed: empty entries, a missing comma."""
+    for prev, tok in zip(["^"] + tokens, tokens + ["$"]):
+        if tok == "," and prev in ("^", ",", "fixpoint("):
+            raise UserInputError(f"empty entry in pipeline '{spec}'")
+        if tok in (")", "$") and prev == ",":
+            raise UserInputError(f"empty entry in pipeline '{spec}'")
+        if tok == "$" and prev == "^":
+            raise UserInputError("empty pipeline")
+        if tok == ")" and prev == "fixpoint(":
+            raise UserInputError(f"empty fixpoint() in pipeline '{spec}'")
+        if prev == ")" and tok not in (",", ")", "$"):
+            raise UserInputError(f"missing ',' after ')' in pipeline '{spec}'")
+
+
 def parse_pipeline(
     spec: str, disabled: frozenset[str] = frozenset(), make: Callable[[str], Pass] = get_pass
 ) -> list[Pass | FixedPoint]:
     """Turn a pipeline string into pass instances; passes named in ``disabled`` are dropped."""
     tokens = re.findall(r"fixpoint\(|\)|,|[^,()\s]+", spec.replace(" ", ""))
     stack: list[list[Pass | FixedPoint]] = [[]]
+    if "".join(tokens) != spec.replace(" ", ""):
+        raise UserInputError(f"unexpected '(' in pipeline '{spec}' (groups are written fixpoint(a,b))")
+    _check_syntax(spec, tokens)
     for tok in tokens:
         if tok == ",":
             continue
         if tok == "fixpoint(":
+            if len(stack) > 1:
+                raise UserInputError(f"nested fixpoint(...) in pipeline '{spec}': a fixed point already repeats its group")
             stack.append([])
         elif tok == ")":
             if len(stack) == 1:

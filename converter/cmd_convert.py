@@ -75,6 +75,14 @@ def run(args: argparse.Namespace) -> int:
     if args.timing_cache:  # read and rewritten: it may exist, it must not be an input or another output
         check_outputs(model_files(loaded.path, loaded.model) | {engine.resolve()}, {"--timing-cache": args.timing_cache})
     options = options_from_args(args)
+    inits = {t.name for t in loaded.model.graph.initializer}
+    known = [i.name for i in loaded.model.graph.input if i.name not in inits]
+    for flag in ("min_shapes", "opt_shapes", "max_shapes"):
+        for text in getattr(args, flag):
+            unknown = sorted(set(parse_shapes(text)) - set(known))
+            if unknown:
+                raise UserInputError(f"--{flag.replace('_', '-')}: '{unknown[0]}' is not an input of the model "
+                                     f"(inputs: {', '.join(known)})")
     specs = resolve_spec(loaded.model, args.model, args.spec)
     result = build_engine(loaded, Path(args.output), backend, options, specs)
     print(f"engine  {result.engine} ({result.size} bytes, {result.seconds:.2f} s) with {backend.name} {backend.version}")

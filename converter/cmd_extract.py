@@ -28,7 +28,8 @@ def extract(graph: gs.Graph, inputs: list[str], outputs: list[str]) -> gs.Graph:
     graph.inputs = [tensors[n] for n in inputs]
     graph.outputs = [tensors[n] for n in outputs]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    needed = {t.name for n in graph.nodes for t in n.inputs if not isinstance(t, gs.Constant) and not t.inputs}
+    needed = {t.name for n in graph.nodes for t in n.inputs
+              if not isinstance(t, gs.Constant) and not t.inputs and not t.is_empty()}  # "" = an omitted optional input
     unresolved = sorted(needed - set(inputs))
     if unresolved:
         raise UserInputError(f"outputs also depend on tensor(s) not given as inputs: {', '.join(unresolved[:5])}")
@@ -42,12 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output ONNX model")
 
 
+def _names(text: str, option: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserInputError(f"{option}: no tensor names given (comma-separated)")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     check_outputs(model_files(loaded.path, loaded.model), {"-o": args.output})
     graph = to_graph(loaded)
-    names = lambda s: [n for n in s.split(",") if n]  # noqa: E731
-    extract(graph, names(args.inputs), names(args.outputs))
+    inputs, outputs = (_names(args.inputs, "--inputs"), _names(args.outputs, "--outputs"))
+    extract(graph, inputs, outputs)
     save_model(to_model(graph, like=loaded.model), args.output, source_dir=loaded.base_dir, protect=loaded.path)
     print(f"wrote {args.output}: {len(graph.nodes)} nodes, inputs {args.inputs}, outputs {args.outputs}")
     return 0

@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store weights in OUT.data (automatic above 2 GB)")
     parser.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument("--fold-size-threshold", metavar="SIZE", type=_size,
+                        help="largest tensor fold-constants may create, e.g. 4M or 1G (default 4M)")
+    parser.add_argument("--remove-node", action="append", default=[], metavar="NAME",
+                        help="with the remove-nodes pass: a node to bypass (repeatable)")
+    parser.add_argument("--remove-op", action="append", default=[], metavar="OP",
+                        help="with the remove-nodes pass: an op type whose nodes are bypassed (repeatable)")
     parser.add_argument("--plugin-map", type=Path, metavar="FILE.toml",
                         help="map ops or fusion patterns to TensorRT plugins (appends map-plugins; README 'Plugin maps')")
 
@@ -49,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
         external_data=args.external_data, in_place=args.in_place, precision=args.precision,
         keep_io_types=args.keep_io_types, report=args.report,
     )
+    if args.fold_size_threshold is not None:
+        opts.extra["fold_size_threshold"] = args.fold_size_threshold
+    if args.remove_node or args.remove_op:
+        opts.extra.update(remove_names=list(args.remove_node), remove_ops=list(args.remove_op))
+        if "remove-nodes" not in (args.passes or ""):
+            raise UserInputError("--remove-node/--remove-op: add the remove-nodes pass to --passes")
     if args.plugin_map:
         from converter.plugin_map import load_plugin_map
 
@@ -58,6 +70,19 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _size(text: str) -> int:
+    """``4096``, ``4K``, ``16M``, ``1G`` -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    body, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
+    try:
+        value = int(float(body) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value
 
 
 def _print_summary(report: dict) -> None:

@@ -50,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
     specs = resolve_spec(ref.model, args.reference, args.spec)
     feeds = make_feeds(specs, args.inputs, args.seed)
     names = (str(args.reference), str(args.candidate))
-    if is_onnx(args.candidate):
+    if is_onnx(args.candidate) or _parses_as_onnx(Path(args.candidate)):
         cand = load_model(args.candidate)
+        _check_same_interface(ref.model, cand.model, args.candidate)
         report = validate_onnx(_inlined(ref), _inlined(cand), feeds, atol=args.atol, rtol=args.rtol,
                                mark_all=args.mark_all, names=names)
     else:
+        _check_engine_file(Path(args.candidate))
         if args.mark_all:
             raise UserInputError("--mark-all needs an ONNX candidate (engine outputs are fixed at build time)")
         report = validate_engine(_inlined(ref), Path(args.candidate), select_backend(args.backend), feeds,
@@ -65,6 +67,42 @@ def run(args: argparse.Namespace) -> int:
     if report.skipped:
         return EXIT_SKIPPED
     return 0 if report.passed else 1
+
+
+def _parses_as_onnx(path: Path) -> bool:
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return model.HasField("graph") and len(model.graph.node) > 0
+
+
+def _check_engine_file(path: Path) -> None:
+    """A TensorRT engine is binary: a text file (JSON, a spec, a log) named as the candidate is a mistake."""
+    head = path.read_bytes()[:4096]
+    if not head:
+        raise UserInputError(f"{path}: file is empty, expected an ONNX model or a TensorRT engine")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        raise UserInputError(f"{path}: a text file, not an ONNX model or a TensorRT engine")
+
+
+def _graph_inputs(model: onnx.ModelProto) -> set[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return {i.name for i in model.graph.input if i.name not in inits}
+
+
+def _check_same_interface(reference: onnx.ModelProto, candidate: onnx.ModelProto, name: str) -> None:
+    extra = sorted(_graph_inputs(candidate) - _graph_inputs(reference))
+    if extra:
+        raise UserInputError(f"{name}: input(s) {', '.join(extra[:4])} are not inputs of the reference; "
+                             "validate compares two versions of one model")
+    missing = sorted({o.name for o in reference.graph.output} - {o.name for o in candidate.graph.output})
+    if missing:
+        raise UserInputError(f"{name}: lacks the reference's output(s) {', '.join(missing[:4])}")
 
 
 def _inlined(loaded: LoadedModel) -> onnx.ModelProto:

@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx
 
+from surgery.errors import UserInputError
 from surgery.io import load_model, save_model, to_graph, to_model
 from surgery.paths import check_outputs, model_files
 from surgery.numerics import InputSpec, load_spec, spec_from_model
@@ -69,7 +70,7 @@ def pipeline_spec(opts: OptimizeOptions) -> str:
 def input_specs(model: onnx.ModelProto, model_path: Path, opts: OptimizeOptions) -> list[InputSpec]:
     """The spec for seeded inputs: --spec, else ``<model>.spec.json`` beside it, else from the model."""
     candidate = opts.spec or model_path.with_suffix(".spec.json")
-    if candidate.is_file():
+    if opts.spec is not None or candidate.is_file():
         return load_spec(candidate)
     specs = spec_from_model(model)
     if opts.input_shapes:
@@ -83,8 +84,6 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     dst = Path(dst)
     inputs = model_files(loaded.path, loaded.model)
     if not opts.in_place and dst.resolve() in inputs:
-        from surgery.errors import UserInputError
-
         what = "the input model" if dst.resolve() == loaded.path else "an external-data file of the input"
         raise UserInputError(f"{dst}: output would overwrite {what} (use --in-place to allow it)")
     data_file = dst.with_name(dst.name + ".data") if opts.external_data or loaded.has_external_data else None
@@ -92,6 +91,13 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
                   {"--dump-dir": opts.dump_dir if opts.validate_each else None},
                   allow_overwrite=inputs if opts.in_place else ())
     steps = parse_pipeline(pipeline_spec(opts), opts.disable)
+    from surgery.registry import list_passes
+
+    unknown = sorted(set(opts.explain) - {p.name for p in list_passes()})
+    if unknown:
+        raise UserInputError(f"--explain: unknown pass '{unknown[0]}' (see `surgery list-passes`)")
+    if opts.validate_each or opts.spec is not None:
+        specs = input_specs(loaded.model, loaded.path, opts)  # a bad --spec is a user error before any work
     options = {"emit": opts.emit, **opts.extra}
     if opts.input_shapes:
         options["input_shapes"] = opts.input_shapes
@@ -101,7 +107,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     hooks: list[PassHook] = [_Progress(len(steps))]
     if opts.validate_each:
         dump = opts.dump_dir or dst.parent / f"{dst.stem}.validate-each"
-        hooks.append(NumericGuard(loaded.model, input_specs(loaded.model, loaded.path, opts), dump, source_dir=loaded.base_dir))
+        hooks.append(NumericGuard(loaded.model, specs, dump, source_dir=loaded.base_dir))
     nodes_before = len(loaded.model.graph.node)
     graph = to_graph(loaded)
     report = PassManager(steps, hooks=hooks).run(graph, ctx)

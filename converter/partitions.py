@@ -43,7 +43,7 @@ class Partition:
 def infer_value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Type/shape of every tensor we can learn (graph I/O, value_info, shape inference)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=not _has_huge_dim(model))
     except Exception as exc:  # a model the checker dislikes still gets its declared infos
         log.warning("shape inference failed (%s); using declared types only", str(exc).splitlines()[0])
         inferred = model
@@ -156,3 +156,9 @@ def save_partitions(model: onnx.ModelProto, parts: list[Partition], folder: Path
         path = folder / f"partition_{p.id:03d}_{p.status}.onnx"
         save_model(sub, path, source_dir=source_dir, external=False)
         p.path = str(path)
+
+
+def _has_huge_dim(model: onnx.ModelProto) -> bool:
+    """A dim above 2**31 (onnx's data propagation would walk it element by element)."""
+    vis = list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+    return any(d.dim_value > (1 << 31) for vi in vis for d in vi.type.tensor_type.shape.dim)

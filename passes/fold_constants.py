@@ -102,6 +102,54 @@ _NOT_TENSOR_OPS = frozenset({
     "SequenceMap", "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalHasElement", "OptionalGetElement",
 })
 
+# ops whose output can be far larger than their inputs: folded only when the size is known beforehand
+_GENERATORS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot",
+                         "RandomNormal", "RandomUniform", "EyeLike", "CenterCropPad", "Col2Im"})
+
+
+def _count(dims) -> int | None:
+    if dims is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+        return None
+    return int(np.prod([int(d) for d in dims], dtype=object))
+
+
+def _values(t: gs.Tensor):
+    if isinstance(t, gs.Constant) and not isinstance(t._values, ExternalValues) and t.shape is not None \
+            and (_count(t.shape) or 0) <= 64:
+        return np.asarray(t.values).reshape(-1)
+    return None
+
+
+def estimated_output_bytes(node: gs.Node) -> int | None:
+    """Bytes of ``node``'s largest output, estimated before anything is computed (None: unknown, and the
+    op cannot grow beyond its inputs). Big generators (a ConstantOfShape of 2**40 elements) must never
+    be evaluated: gs checks its size threshold only after onnxruntime has built the tensor."""
+    itemsize = max((np.dtype(o.dtype).itemsize for o in node.outputs
+                    if o.dtype is not None and isinstance(o.dtype, type | np.dtype)), default=8)
+    counts = [_count(o.shape) for o in node.outputs]
+    if counts and all(c is not None for c in counts):
+        return max(counts) * itemsize
+    if node.op not in _GENERATORS:
+        return None
+    ins = node.inputs
+    if node.op == "ConstantOfShape" and ins and (v := _values(ins[0])) is not None:
+        return _count(v.tolist()) * itemsize if _count(v.tolist()) is not None else None
+    if node.op in ("Expand", "Tile") and len(ins) > 1 and (v := _values(ins[1])) is not None and ins[0].shape:
+        dims = [d for d in ins[0].shape]
+        if _count(dims) is None:
+            return 1 << 62
+        if node.op == "Tile":
+            return (_count([a * int(b) for a, b in zip(dims, v)]) or 0) * itemsize
+        rank = max(len(dims), len(v))
+        a = [1] * (rank - len(dims)) + dims
+        b = [1] * (rank - len(v)) + [int(x) for x in v]
+        return (_count([max(x, y) for x, y in zip(a, b)]) or 0) * itemsize
+    if node.op == "Range" and all((_values(t) is not None) for t in ins[:3]):
+        start, limit, delta = (float(_values(t)[0]) for t in ins[:3])
+        return int(max(0.0, np.ceil((limit - start) / delta)) if delta else 0) * itemsize
+    return 1 << 62  # an unknown output size of an op that may grow it: never folded
+
+
 def _not_tensor(node: gs.Node) -> bool:
     """Whether ``node`` computes a sequence or an optional (itself, or through a subgraph's outputs)."""
     if node.op in _NOT_TENSOR_OPS or any(isinstance(a, onnx.TypeProto) for a in node.attrs.values()):
@@ -216,7 +264,15 @@ class FoldConstantsPass(Pass):
         threshold = ctx.option("fold_size_threshold", self.size_threshold)
         too_big = _materialize_small_external(graph, threshold)
         result.stats["sliced-shapes"] = _fix_sliced_shapes(graph)
-        exclude = lambda node: _not_tensor(node) or any(id(t) in too_big for t in node.inputs)  # noqa: E731
+        def exclude(node: gs.Node) -> bool:
+            if _not_tensor(node) or any(id(t) in too_big for t in node.inputs):
+                return True
+            estimate = estimated_output_bytes(node)
+            if estimate is not None and estimate > threshold:
+                result.stats["too-large"] += 1
+                return True
+            return False
+
         quiet = gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL)
         try:
             quiet.__enter__()

@@ -17,6 +17,14 @@ from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
 
+HUGE_DIM = 1 << 31
+
+
+def _largest_dim(graph: gs.Graph) -> int:
+    dims = [d for t in graph.tensors().values() if t.shape is not None for d in t.shape if isinstance(d, int)]
+    return max(dims, default=0)
+
+
 def _known(t: gs.Tensor) -> int:
     if t.dtype is None or t.shape is None:
         return 0
@@ -62,7 +70,12 @@ class InferShapesPass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        inferred = onnx.shape_inference.infer_shapes(to_model(graph), data_prop=True)
+        model = to_model(graph)
+        # onnx's data propagation walks shape values element by element: a dim like 2**40 hangs it
+        huge = _largest_dim(graph) > HUGE_DIM
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=not huge)
+        if huge:
+            result.notes.append(f"a dim above {HUGE_DIM}: shape values not propagated")
         tensors = graph.tensors()
         new_tensors, constants = _inferred_types(inferred.graph)
         if any(name in constants for name, t in tensors.items() if not isinstance(t, gs.Constant)):

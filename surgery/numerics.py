@@ -26,8 +26,22 @@ class InputSpec:
 
 
 def load_spec(path: str | Path) -> list[InputSpec]:
-    data = json.loads(Path(path).read_text())
-    return [InputSpec(d["name"], tuple(d["shape"]), d["dtype"], d.get("low"), d.get("high")) for d in data["inputs"]]
+    """Read ``{"inputs": [{"name", "shape", "dtype", "low"?, "high"?}, ...]}``; one-line errors."""
+    from surgery.errors import UserInputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"{p}: no such spec file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        specs = [InputSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), str(np.dtype(d["dtype"])),
+                           d.get("low"), d.get("high")) for d in data["inputs"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{p}: not an input spec ({type(exc).__name__}: {str(exc)[:120]}); expected "
+                             '{"inputs": [{"name": ..., "shape": [...], "dtype": "float32"}]}') from None
+    if any(d < 0 for s in specs for d in s.shape):
+        raise UserInputError(f"{p}: negative dimension in the spec")
+    return specs
 
 
 def spec_from_model(model: onnx.ModelProto, dim_default: int = 1) -> list[InputSpec]:

@@ -44,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     ref = load_model(args.reference)
     if not Path(args.candidate).is_file():
         raise UserInputError(f"{args.candidate}: no such file")
-    inputs = model_files(ref.path, ref.model) | model_files(Path(args.candidate)) | {
+    cand_proto = _parsed_onnx(Path(args.candidate))
+    inputs = model_files(ref.path, ref.model) | model_files(Path(args.candidate), cand_proto) | {
         Path(p).resolve() for p in (args.inputs, args.spec) if p}
     check_outputs(inputs, {"--json": args.json_out})
     specs = resolve_spec(ref.model, args.reference, args.spec)
     feeds = make_feeds(specs, args.inputs, args.seed)
     names = (str(args.reference), str(args.candidate))
-    if is_onnx(args.candidate) or _parses_as_onnx(Path(args.candidate)):
+    if is_onnx(args.candidate) or cand_proto is not None:
         cand = load_model(args.candidate)
         _check_same_interface(ref.model, cand.model, args.candidate)
         report = validate_onnx(_inlined(ref), _inlined(cand), feeds, atol=args.atol, rtol=args.rtol,
@@ -69,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _parses_as_onnx(path: Path) -> bool:
+def _parsed_onnx(path: Path) -> onnx.ModelProto | None:
+    """The candidate as an ONNX model whatever its suffix, or None (an engine, or not a model)."""
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception:
-        return False
-    return model.HasField("graph") and len(model.graph.node) > 0
+        return None
+    return model if model.HasField("graph") and len(model.graph.node) > 0 else None
 
 
 def _check_engine_file(path: Path) -> None:

@@ -14,7 +14,7 @@ from surgery.paths import check_outputs, model_files
 from surgery.numerics import InputSpec, load_spec, spec_from_model
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.pass_manager import PassHook, PassManager
-from surgery.registry import parse_pipeline, preset_pipeline
+from surgery.registry import list_passes, parse_pipeline, preset_pipeline
 from surgery.validate_each import NumericGuard
 
 
@@ -91,8 +91,6 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
                   {"--dump-dir": opts.dump_dir if opts.validate_each else None},
                   allow_overwrite=inputs if opts.in_place else ())
     steps = parse_pipeline(pipeline_spec(opts), opts.disable)
-    from surgery.registry import list_passes
-
     unknown = sorted(set(opts.explain) - {p.name for p in list_passes()})
     if unknown:
         raise UserInputError(f"--explain: unknown pass '{unknown[0]}' (see `surgery list-passes`)")

@@ -53,10 +53,10 @@ def _full(loaded: Any) -> onnx.ModelProto:
 def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) -> RunResult:
     """Run the four stages; every stage's outcome (or why it did not run) lands in the report."""
     out = Path(out_dir)
-    check_outputs(model_files(Path(model_path)), {}, {"-o": out})
     written = ("model.opt.onnx", "model.opt.onnx.data", "model.engine", "model.engine.build.log",
                "model.engine.layers.json", "report.json", "report.html")
-    check_outputs(model_files(Path(model_path)), {f"-o/{name}": out / name for name in written if out.exists()})
+    check_outputs(model_files(Path(model_path)), {f"-o/{name}": out / name for name in written if out.is_dir()},
+                  {"-o": out})
     out.mkdir(exist_ok=True)
     preset = opts.preset or ("trt" if "trt" in list_presets() else "default")
     opt_path = out / "model.opt.onnx"

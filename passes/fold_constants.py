@@ -133,7 +133,8 @@ def estimated_output_bytes(node: gs.Node) -> int | None:
         return None
     ins = node.inputs
     if node.op == "ConstantOfShape" and ins and (v := _values(ins[0])) is not None:
-        return _count(v.tolist()) * itemsize if _count(v.tolist()) is not None else None
+        count = _count(v.tolist())
+        return None if count is None else count * itemsize
     if node.op in ("Expand", "Tile") and len(ins) > 1 and (v := _values(ins[1])) is not None and ins[0].shape:
         dims = [d for d in ins[0].shape]
         if _count(dims) is None:

@@ -20,6 +20,7 @@ from onnx import external_data_helper as ext
 
 from surgery import gs_compat
 from surgery.errors import ModelLoadError, UserInputError
+from surgery.normalize import MIN_IR_VERSION, normalize
 
 gs_compat.install()
 
@@ -91,8 +92,6 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(f"{p}: not an ONNX model (no graph)")
     from surgery.model_checks import check_structure, refuse_outside_functions  # local import keeps io light
-    from surgery.normalize import normalize
-
     refuse_outside_functions(model, p)
     notes = normalize(model)
     check_structure(model, p)
@@ -146,8 +145,6 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
                 model.opset_import.append(o)
         functions = {(f.domain, f.name) for f in model.functions}
         model.functions.extend(f for f in like.functions if (f.domain, f.name) not in functions)
-    from surgery.normalize import MIN_IR_VERSION
-
     ir = min(model.ir_version, MAX_IR_VERSION) if model.ir_version else MAX_IR_VERSION
     model.ir_version = max(ir, MIN_IR_VERSION)
     for t in _all_tensors(model):

@@ -24,7 +24,7 @@ DENSE_LIMIT = 1 << 30  # bytes a densified sparse initializer may take
 def normalize(model: onnx.ModelProto) -> list[str]:
     """Repair ``model`` in place; returns one note per kind of repair made."""
     notes: list[str] = []
-    moved = _toposort(model.graph, outer=set())
+    moved = _toposort(model.graph)
     if moved:
         notes.append(f"nodes were not in topological order: sorted ({moved} graph(s))")
     named = _name_negative_dims(model.graph)
@@ -58,14 +58,13 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _toposort(graph: onnx.GraphProto, outer: set[str]) -> int:
+def _toposort(graph: onnx.GraphProto) -> int:
     """Sort ``graph`` (and its subgraphs) stably: each node as early as its original position allows.
     Returns how many graphs were reordered. Cycles and dangling names are left for the checks to report."""
     count = 0
-    available = outer | {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         for g in _subgraphs(node):
-            count += _toposort(g, available | {o for n in graph.node for o in n.output})
+            count += _toposort(g)
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
     deps = [{producer[r] for r in _reads(n) if r in producer and producer[r] != i} for i, n in enumerate(graph.node)]
     if all(d < i for i, ds in enumerate(deps) for d in ds):

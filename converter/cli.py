@@ -103,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused (disk full, read-only, a path /proc will not hold)
+        if debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"failed: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug: one line by default, the traceback with --debug
         if debug:
             traceback.print_exc()

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import external_data_helper as ext
 
 from surgery import gs_compat
-from surgery.errors import ModelLoadError, UserInputError
+from surgery.errors import ModelLoadError, SurgeryError, UserInputError
 from surgery.normalize import MIN_IR_VERSION, normalize
 
 gs_compat.install()
@@ -91,8 +91,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise ModelLoadError(f"{p}: not an ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(f"{p}: not an ONNX model (no graph)")
-    from surgery.model_checks import check_structure, refuse_outside_functions  # local import keeps io light
-    refuse_outside_functions(model, p)
+    from surgery.model_checks import check_structure, refuse_unreadable  # local import keeps io light
+    refuse_unreadable(model, p)
     notes = normalize(model)
     check_structure(model, p)
     assign_names(model.graph)
@@ -188,7 +188,10 @@ def save_model(
         external = _estimated_size(model) > PROTOBUF_LIMIT
     model = _shallow_copy_tensors(model)
     data_name = out.name + ".data"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out.parent)
+    except OSError as exc:
+        raise SurgeryError(f"{out}: cannot write here ({exc.strerror})") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model should look like any other file
     tmp_data = Path(tmp + ".data")
@@ -203,6 +206,8 @@ def save_model(
             os.chmod(tmp_data, 0o666 & ~_umask())
             os.replace(tmp_data, out.parent / data_name)
         os.replace(tmp, out)
+    except OSError as exc:
+        raise SurgeryError(f"{out}: cannot write ({exc.strerror})") from None
     finally:
         for leftover in (Path(tmp), tmp_data):
             leftover.unlink(missing_ok=True)

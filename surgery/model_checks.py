@@ -27,12 +27,34 @@ def check_structure(model: onnx.ModelProto, path: Path) -> None:
         raise ModelLoadError(f"{where}: ONNX checker: {first}") from None
 
 
-def refuse_outside_functions(model: onnx.ModelProto, path: Path) -> None:
-    """An attribute with ``ref_attr_name`` refers to an attribute of an enclosing function: outside a
-    function body it is meaningless, and onnxruntime and the passes would silently read its default."""
+def refuse_unreadable(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse what no pass can read right: names that are not UTF-8 (protobuf hands them over as
+    bytes), and attributes with ``ref_attr_name``, which refer to an attribute of an enclosing
+    function: outside a function body they are meaningless, and onnxruntime and the passes would
+    silently read their default."""
+    def check_names(graph: onnx.GraphProto, names) -> None:
+        for name in names:
+            if isinstance(name, bytes):
+                shown = name.decode("utf-8", "backslashreplace")
+                raise ModelLoadError(f"{path}: graph '{graph.name}' has a name that is not valid UTF-8: {shown!r}")
+
+    def check_types(graph: onnx.GraphProto) -> None:
+        for t in graph.initializer:
+            if t.data_type not in _DATA_TYPES:
+                raise ModelLoadError(f"{path}: initializer '{t.name}' has element type {t.data_type}, which ONNX does not define")
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            if (bad := _unknown_elem_type(vi.type)) is not None:
+                raise ModelLoadError(f"{path}: '{vi.name}' has element type {bad}, which ONNX does not define")
+
     def walk(graph: onnx.GraphProto) -> None:
+        check_names(graph, [graph.name])
+        for group in (graph.input, graph.output, graph.value_info, graph.initializer):
+            check_names(graph, (x.name for x in group))
+        check_types(graph)
         for node in graph.node:
+            check_names(graph, [node.name, node.op_type, node.domain, *node.input, *node.output])
             for attr in node.attribute:
+                check_names(graph, [attr.name, attr.ref_attr_name])
                 if attr.ref_attr_name:
                     raise ModelLoadError(f"{path}: node '{node.name or node.op_type}' attribute '{attr.name}' refers to "
                                          f"function attribute '{attr.ref_attr_name}' outside a function body")
@@ -41,6 +63,22 @@ def refuse_outside_functions(model: onnx.ModelProto, path: Path) -> None:
                 for g in attr.graphs:
                     walk(g)
     walk(model.graph)
+
+
+_DATA_TYPES = set(onnx.TensorProto.DataType.values())
+
+
+def _unknown_elem_type(tp: onnx.TypeProto) -> int | None:
+    kind = tp.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(tp, kind).elem_type
+        return elem if elem not in _DATA_TYPES else None
+    if kind in ("sequence_type", "optional_type"):
+        inner = getattr(tp, kind)
+        return _unknown_elem_type(inner.elem_type) if inner.HasField("elem_type") else None
+    if kind == "map_type":
+        return _unknown_elem_type(tp.map_type.value_type)
+    return None
 
 
 def _check_versions(model: onnx.ModelProto, where: str) -> None:
@@ -128,19 +166,23 @@ def _check_initializers(graph: onnx.GraphProto, where: str) -> None:
             raise ModelLoadError(f"{where}: initializer '{t.name}' has a negative dimension")
         if ext.uses_external_data(t) or not t.HasField("raw_data"):
             continue
-        try:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        except Exception:
-            continue
-        count = 1
-        for d in t.dims:
-            count *= d
-        if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            continue
-        if len(t.raw_data) != count * itemsize:
-            raise ModelLoadError(
-                f"{where}: initializer '{t.name}' holds {len(t.raw_data)} bytes but its dims {list(t.dims)} need {count * itemsize}"
-            )
+        need = _byte_size(t)
+        if need is not None and len(t.raw_data) != need:
+            raise ModelLoadError(f"{where}: initializer '{t.name}' holds {len(t.raw_data)} bytes but its dims {list(t.dims)} need {need}")
+
+
+def _byte_size(t: onnx.TensorProto) -> int | None:
+    """Bytes the raw data of ``t`` must hold, or None where that is not a plain product (4-bit, strings)."""
+    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.STRING):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return None
+    count = 1
+    for d in t.dims:
+        count *= d
+    return count * itemsize
 
 
 def _check_external_data(model: onnx.ModelProto, base: Path, where: str) -> None:
@@ -148,7 +190,10 @@ def _check_external_data(model: onnx.ModelProto, base: Path, where: str) -> None
     for t in ext._get_all_tensors(model):
         if not ext.uses_external_data(t):
             continue
-        info = ext.ExternalDataInfo(t)
+        try:
+            info = ext.ExternalDataInfo(t)
+        except ValueError as exc:  # offset or length not a non-negative integer
+            raise ModelLoadError(f"{where}: tensor '{t.name}' has a bad external data entry ({str(exc).split(' for tensor')[0]})") from None
         loc = Path(info.location)
         if loc.is_absolute() or ".." in loc.parts:
             raise ModelLoadError(f"{where}: tensor '{t.name}' points outside the model folder ({info.location})")
@@ -157,6 +202,9 @@ def _check_external_data(model: onnx.ModelProto, base: Path, where: str) -> None
             if not file.is_file():
                 raise ModelLoadError(f"{where}: external data file '{info.location}' (tensor '{t.name}') is missing")
             sizes[info.location] = file.stat().st_size
-        end = (info.offset or 0) + (info.length or 0)
+        need = _byte_size(t)
+        if info.length is not None and need is not None and info.length != need:
+            raise ModelLoadError(f"{where}: tensor '{t.name}' has external length {info.length} but its dims {list(t.dims)} need {need} bytes")
+        end = (info.offset or 0) + (info.length if info.length is not None else need or 0)
         if end > sizes[info.location]:
             raise ModelLoadError(f"{where}: external data file '{info.location}' is too short for tensor '{t.name}'")

@@ -27,7 +27,10 @@ def model_files(model_path: Path, model: onnx.ModelProto | None = None) -> set[P
             return files
     for t in ext._get_all_tensors(model):
         if ext.uses_external_data(t):
-            location = ext.ExternalDataInfo(t).location
+            try:
+                location = ext.ExternalDataInfo(t).location
+            except ValueError:  # a bad offset or length: the loader will say so
+                continue
             if location:
                 files.add((model_path.parent / location).resolve())
     return files

@@ -1,6 +1,8 @@
 """Valid models in awkward forms are accepted and repaired; outputs never replace inputs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -108,3 +110,91 @@ def test_huge_dim_does_not_allocate(tmp_path):
     onnx.save(_model(nodes, dims=(2**40,)), src := tmp_path / "m.onnx")
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx")]) == 0
     assert [n.op_type for n in onnx.load(tmp_path / "o.onnx").graph.node] == ["ConstantOfShape", "Add"]
+
+
+@pytest.mark.parametrize("key,value", [("offset", "-4"), ("offset", "abc"), ("length", "1.5"), ("length", "8"), ("length", "99999")])
+def test_bad_external_data_entry_is_one_line(tmp_path, capsys, key, value):
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], inits=[w])
+    onnx.save(m, src := tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    m = onnx.load(src, load_external_data=False)
+    entry = next(e for e in m.graph.initializer[0].external_data if e.key == key) if key in {
+        e.key for e in m.graph.initializer[0].external_data} else m.graph.initializer[0].external_data.add(key=key)
+    entry.value = value
+    onnx.save(m, src)
+    capsys.readouterr()
+    assert main(["inspect", str(src)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'w'" in err[0], err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a /proc file system, where no file can be created")
+def test_unwritable_output_folder_fails_in_one_line(tmp_path, capsys):
+    onnx.save(_relu_then_neg([0, 1]), src := tmp_path / "m.onnx")
+    capsys.readouterr()
+    assert main(["optimize", str(src), "-o", "/proc/o.onnx"]) == 1
+    assert main(["check", str(src), "--backend", "static", "--json", "/proc/c.json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("failed: ") and "/proc/" in line for line in err), err
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["optimize", "-o", "o.onnx"], ["check", "--backend", "static", "--json", "c.json"]])
+def test_name_not_utf8_is_one_line(tmp_path, capsys, monkeypatch, command):
+    nodes = [helper.make_node("Relu", ["x"], ["rAAAA"], name="reluAAAA"), helper.make_node("Neg", ["rAAAA"], ["y"], name="neg")]
+    (tmp_path / "m.onnx").write_bytes(_model(nodes).SerializeToString().replace(b"AAAA", b"\xff\xfe\xfd\xfc"))
+    monkeypatch.chdir(tmp_path)
+    assert main([command[0], "m.onnx", *command[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not valid UTF-8" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("where", ["initializer", "input"])
+def test_element_type_not_in_datatype_is_one_line(tmp_path, capsys, where):
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], inits=[w])
+    if where == "initializer":
+        m.graph.initializer[0].data_type = 999
+    else:
+        m.graph.input[0].type.tensor_type.elem_type = 999
+    onnx.save(m, src := tmp_path / "m.onnx")
+    capsys.readouterr()
+    assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+
+
+def test_extract_across_lstm_with_omitted_optional_input(tmp_path):
+    src = SAMPLES / "lstm_ts.onnx"
+    boundary = ["/lstm/Transpose_output_0", "/lstm/Slice_output_0", "/lstm/Slice_1_output_0"]
+    assert main(["extract", str(src), "--inputs", ",".join(boundary), "--outputs", "/lstm/LSTM_output_0",
+                 "-o", str(out := tmp_path / "lstm.onnx")]) == 0
+    cut = onnx.load(out)
+    assert [n.op_type for n in cut.graph.node] == ["LSTM"] and [i.name for i in cut.graph.input] == boundary
+    full = onnx.load(src)
+    full.graph.output.add().name = "/lstm/LSTM_output_0"
+    for name in boundary:
+        full.graph.output.add().name = name
+    import onnxruntime as ort
+
+    feeds = {"x": np.random.default_rng(0).standard_normal([d.dim_value or 2 for d in full.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)}
+    ref = dict(zip([o.name for o in full.graph.output], ort.InferenceSession(full.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)))
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {n: ref[n] for n in boundary})[0]
+    np.testing.assert_allclose(got, ref["/lstm/LSTM_output_0"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["default", "trt"])
+def test_ort_quantized_lstm_contrib_op_is_accepted(tmp_path, preset):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(SAMPLES / "lstm_ts.onnx"), str(src := tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    quantized = onnx.load(src)
+    assert ("com.microsoft", "DynamicQuantizeLSTM") in {(n.domain, n.op_type) for n in quantized.graph.node}
+    assert main(["optimize", str(src), "--preset", preset, "-o", str(out := tmp_path / "o.onnx")]) == 0
+    optimized = onnx.load(out)
+    assert sum(n.op_type == "DynamicQuantizeLSTM" for n in optimized.graph.node) == 2
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)}
+    assert_same_outputs(quantized, optimized, feeds=feeds)

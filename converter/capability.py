@@ -9,6 +9,7 @@ ONNX node names. The ``static`` backend answers from ``static_support``'s table 
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from onnx import helper
 from converter import remedies
 from converter.backends import Backend, make_logger
 from converter.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
-from converter.specs import resolve_spec
+from converter.profiles import ProfileChoice, describe_profile, profiles_for
 from converter.static_support import classify as static_classify
 from converter.trt_plugins import register_python_plugins
 from converter.trt_raw import attribute_build_error, build_check_isolated, create_network
@@ -58,13 +59,20 @@ class NodeStatus:
 
 @dataclass
 class BuildOutcome:
+    """The engine build a check made: the profile it was built for, where that came from, the result."""
+
     attempted: bool = False
     ok: bool | None = None
     error: str = ""
     nodes: list[str] = field(default_factory=list)
+    kind: str = ""  # why it failed: "build-failure", "profile" (failed only under derived shapes), ...
+    profile: dict[str, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)  # input -> min, opt, max
+    profile_source: str = ""  # "--input-shapes", "--min/--opt/--max-shapes", "spec file PATH", "derived from the model"
 
     def to_json(self) -> dict[str, Any]:
-        return {"attempted": self.attempted, "ok": self.ok, "error": self.error, "nodes": self.nodes}
+        return {"attempted": self.attempted, "ok": self.ok, "kind": self.kind, "error": self.error, "nodes": self.nodes,
+                "profile": {"source": self.profile_source,
+                            "shapes": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in self.profile.items()}}}
 
 
 @dataclass
@@ -80,9 +88,19 @@ class CapabilityReport:
         return all(n.status == "supported" for n in self.nodes) and self.build.ok is not False
 
     def to_json(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "supported": self.supported,
-                "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions],
-                "build": self.build.to_json()}
+        """Verdict first (supported, build and its profile, problem nodes by kind with remedies), then details."""
+        groups: dict[str, dict[str, Any]] = {}
+        for n in self.nodes:
+            if n.status != "supported":
+                g = groups.setdefault(n.kind, {"kind": n.kind, "status": n.status, "count": 0, "nodes": [],
+                                               "ops": [], "remedies": []})
+                g["count"] += 1
+                g["nodes"].append(n.name)
+                g["ops"] += [n.op] if n.op not in g["ops"] else []
+                g["remedies"] += [n.remedy] if n.remedy and n.remedy not in g["remedies"] else []
+        return {"supported": self.supported, "build": self.build.to_json(), "unsupported": list(groups.values()),
+                "model": self.model, "backend": self.backend,
+                "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
 
 
 def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
@@ -102,8 +120,14 @@ def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger
 
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
                 plugins: Sequence[str | Path] = (), static_target: str | None = None,
-                save_dir: str | Path | None = None, decomposable_attention: bool = False) -> CapabilityReport:
-    """Classify every node of the model at ``path`` and group them into partitions."""
+                save_dir: str | Path | None = None, decomposable_attention: bool = False,
+                shapes: argparse.Namespace | None = None, spec_for: str | Path | None = None) -> CapabilityReport:
+    """Classify every node of the model at ``path`` and group them into partitions.
+
+    ``shapes`` carries the shape options (``--input-shapes``, ``--min/--opt/--max-shapes``); without
+    them the build profile comes from ``spec_path`` (else the sibling spec of ``spec_for`` or ``path``)
+    or is derived from the model.
+    """
     loaded = load_model(path)
     model = loaded.model
     nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
@@ -114,8 +138,10 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
         load_plugins(trt, plugins, logger)
         _parse_nodes(trt, logger, model, str(loaded.path), nodes)
         if build and all(n.status == "supported" for n in nodes):
-            specs = resolve_spec(model, path, spec_path)
-            outcome = _build(trt, model, str(loaded.path), specs, nodes, decomposable_attention)
+            args = argparse.Namespace(**vars(shapes or argparse.Namespace()))
+            args.spec = spec_path or getattr(args, "spec", None)
+            choice = profiles_for(model, spec_for or path, args)
+            outcome = _build(trt, model, str(loaded.path), choice, nodes, decomposable_attention)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
@@ -194,20 +220,32 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
         first = False
 
 
-def _build(trt: ModuleType, model: onnx.ModelProto, path: str, specs: list, nodes: list[NodeStatus],
+def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileChoice, nodes: list[NodeStatus],
            decomposable_attention: bool = False) -> BuildOutcome:
+    data = model.SerializeToString()
     try:
-        ok, error, layers = build_check_isolated(trt, model.SerializeToString(), path, specs, decomposable_attention)
+        ok, error, layers = build_check_isolated(trt, data, path, choice.profiles, decomposable_attention)
     except ConversionError as exc:
         return BuildOutcome(attempted=False, ok=None, error=str(exc))
+    shown = dict(profile=choice.first, profile_source=choice.source)
     if ok:
-        return BuildOutcome(attempted=True, ok=True)
+        return BuildOutcome(attempted=True, ok=True, **shown)
+    if choice.derived and any(lo != hi for lo, _, hi in choice.first.values()):
+        point = {k: (v[1], v[1], v[1]) for k, v in choice.first.items()}
+        at_point, _, _ = build_check_isolated(trt, data, path, [point], decomposable_attention)
+        if at_point:  # the model builds; the derived range is what failed: say so, never "no known remedy"
+            reason = remedies.translate(error, "")
+            return BuildOutcome(attempted=True, ok=False, kind="profile", **shown,
+                                error=f"the build fails over the derived range ({describe_profile(choice.first)}) but "
+                                      f"succeeds at its opt point: {reason.splitlines()[0] if reason else 'see the log'}; "
+                                      "give the shapes you deploy with --input-shapes or --min/--opt/--max-shapes")
     names = attribute_build_error(error, layers, {n.name: n.op for n in nodes})
     reason = remedies.translate(error, "")
     for n in nodes:
         if n.name in names:
             n.mark("unsupported", "build-failure", "the engine build failed here: " + reason, error[:2000])
-    return BuildOutcome(attempted=True, ok=False, error=reason if names else error[:2000], nodes=sorted(names))
+    return BuildOutcome(attempted=True, ok=False, kind="build-failure", error=reason if names else error[:2000],
+                        nodes=sorted(names), **shown)
 
 
 def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatus]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from converter.backends import BACKEND_CHOICES, select_backend
 from converter.capability import CapabilityReport, check_model
+from converter.profiles import add_shape_arguments, describe_profile
 from surgery.paths import check_outputs, model_files
 
 
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--static-target", choices=("tensorrt", "tensorrt-rtx"), default="tensorrt-rtx",
                         help="which library the static table answers for (default: tensorrt-rtx)")
     parser.add_argument("--no-build", action="store_true", help="skip the engine build after a clean parse")
-    parser.add_argument("--spec", help="input spec JSON (shapes for the build; default: MODEL's .spec.json or derived)")
+    add_shape_arguments(parser, "input spec JSON (opt shapes for the build; default: MODEL's .spec.json, else derived)")
     parser.add_argument("--plugins", action="append", default=[], metavar="LIB.so", help="plugin library to load (repeatable)")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     backend = select_backend(args.backend)
     report = check_model(args.model, backend, build=not args.no_build, spec_path=args.spec, plugins=args.plugins,
                          decomposable_attention=args.decomposable_attention,
-                         static_target=args.static_target, save_dir=args.save_partitions)
+                         static_target=args.static_target, save_dir=args.save_partitions, shapes=args)
     print(render_table(report, all_nodes=args.all_nodes))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_json(), indent=1))
@@ -75,6 +76,8 @@ def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
         lines.append(f"  #{p.id} {p.status:<11} {len(p.nodes):>4} node(s)  in: {', '.join(p.inputs[:4])}"
                      f"{' ...' if len(p.inputs) > 4 else ''}  out: {', '.join(p.outputs[:4])}{' ...' if len(p.outputs) > 4 else ''}")
     bo = report.build
+    if bo.profile:
+        lines.append(f"profile {describe_profile(bo.profile)}  ({bo.profile_source})")
     if bo.attempted:
         lines.append(f"build   {'ok' if bo.ok else 'FAILED: ' + bo.error.splitlines()[0] if bo.error else 'FAILED'}")
     else:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from converter.backends import select_backend
 from converter.cmd_check import add_backend_argument
-from converter.specs import resolve_spec
-from converter.trt_build import BuildOptions, build_engine, make_profiles
+from converter.profiles import add_shape_arguments, profiles_for
+from converter.trt_build import BuildOptions, build_engine
 from surgery.errors import UserInputError
 from surgery.io import load_model
 from surgery.paths import check_outputs, model_files
-from surgery.shapes import parse_shapes
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KIB": 2**10, "M": 2**20, "MIB": 2**20, "G": 2**30, "GIB": 2**30}
 
@@ -28,10 +27,7 @@ def parse_size(text: str) -> int:
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Build options shared by ``convert`` and ``run``."""
-    parser.add_argument("--min-shapes", action="append", default=[], metavar="SHAPES",
-                        help="x:[1,3,224,224] or x:1x3x224x224; repeat for several profiles")
-    parser.add_argument("--opt-shapes", action="append", default=[], metavar="SHAPES")
-    parser.add_argument("--max-shapes", action="append", default=[], metavar="SHAPES")
+    add_shape_arguments(parser)
     parser.add_argument("--workspace", type=parse_size, help="workspace memory pool limit (e.g. 1G)")
     parser.add_argument("--builder-optimization-level", type=int, choices=range(0, 6), metavar="0-5")
     parser.add_argument("--timing-cache", help="timing cache file to load (and update)")
@@ -42,7 +38,6 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version-compatible", action="store_true", help="version-compatible engine where supported")
     parser.add_argument("--decomposable-attention", action="store_true",
                         help="let attention fall back to MatMul/Softmax kernels when no fused kernel exists")
-    parser.add_argument("--spec", help="input spec JSON (fixed shapes when no --*-shapes are given)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    profiles = make_profiles([parse_shapes(s) for s in args.min_shapes], [parse_shapes(s) for s in args.opt_shapes],
-                             [parse_shapes(s) for s in args.max_shapes])
+    """Builder settings; the profiles are chosen per model (``converter.profiles``)."""
     cache = Path(args.timing_cache) if args.timing_cache else None
-    return BuildOptions(profiles=profiles, workspace=args.workspace, optimization_level=args.builder_optimization_level,
+    return BuildOptions(workspace=args.workspace, optimization_level=args.builder_optimization_level,
                         timing_cache=cache, save_timing_cache=cache, plugins=list(args.plugins),
                         strongly_typed=args.strongly_typed, hardware_compatibility=args.hardware_compatibility,
                         version_compatible=args.version_compatible, decomposable_attention=args.decomposable_attention)
@@ -75,16 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.timing_cache:  # read and rewritten: it may exist, it must not be an input or another output
         check_outputs(model_files(loaded.path, loaded.model) | {engine.resolve()}, {"--timing-cache": args.timing_cache})
     options = options_from_args(args)
-    inits = {t.name for t in loaded.model.graph.initializer}
-    known = [i.name for i in loaded.model.graph.input if i.name not in inits]
-    for flag in ("min_shapes", "opt_shapes", "max_shapes"):
-        for text in getattr(args, flag):
-            unknown = sorted(set(parse_shapes(text)) - set(known))
-            if unknown:
-                raise UserInputError(f"--{flag.replace('_', '-')}: '{unknown[0]}' is not an input of the model "
-                                     f"(inputs: {', '.join(known)})")
-    specs = resolve_spec(loaded.model, args.model, args.spec)
-    result = build_engine(loaded, Path(args.output), backend, options, specs)
+    choice = profiles_for(loaded.model, args.model, args)
+    result = build_engine(loaded, Path(args.output), backend, options, choice)
     print(f"engine  {result.engine} ({result.size} bytes, {result.seconds:.2f} s) with {backend.name} {backend.version}")
     print(f"log     {result.log}\nlayers  {result.layers}")
     for note in result.notes:

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     opts = RunOptions(backend=args.backend, preset=args.preset, spec=Path(args.spec) if args.spec else None,
-                      build=options_from_args(args), atol=args.atol, rtol=args.rtol, seed=args.seed)
+                      build=options_from_args(args), shapes=args, atol=args.atol, rtol=args.rtol, seed=args.seed)
     result = run_pipeline(args.model, args.output, opts)
     r = result.report
     opt = r["optimize"]

@@ -144,7 +144,8 @@ class _TensorRT:
         with tempfile.TemporaryDirectory() as tmp:
             engine = Path(tmp) / "part.engine"
             try:
-                build_engine(load_model(path), engine, self.backend, BuildOptions(), specs)
+                build_engine(load_model(path), engine, self.backend,
+                             BuildOptions(profiles=[{s.name: (list(s.shape),) * 3 for s in specs}]))
                 return run_engine(self.backend, engine.read_bytes(), feeds)
             except ConversionError as exc:
                 log.warning("%s: TensorRT build failed, running it on onnxruntime: %s", path.name, exc)

@@ -5,6 +5,7 @@ supported), DIR/report.json (keys optimize, check, engine, validation) and DIR/r
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import onnx
 from converter.backends import select_backend
 from converter.capability import CapabilityReport, check_model
 from converter.optimize import OptimizeOptions, optimize_file
+from converter.profiles import profiles_for
 from converter.report_html import run_html
 from converter.specs import resolve_spec
 from converter.trt_build import BuildOptions, build_engine
@@ -34,6 +36,7 @@ class RunOptions:
     preset: str | None = None
     spec: Path | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
+    shapes: argparse.Namespace | None = None  # --input-shapes / --min/--opt/--max-shapes
     atol: float = 1e-4
     rtol: float = 1e-3
     seed: int = 0
@@ -64,15 +67,16 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) 
     optimize["preset"] = preset
     backend = select_backend(opts.backend)
     spec_path = opts.spec or _sibling_spec(model_path)
-    capability = check_model(opt_path, backend, spec_path=spec_path)
+    capability = check_model(opt_path, backend, spec_path=spec_path, shapes=opts.shapes, spec_for=model_path)
     if _only_attention_build_failures(capability) and not opts.build.decomposable_attention:
         # fp32 (or small-head) attention has no dedicated kernel; TensorRT can decompose it instead
-        capability = check_model(opt_path, backend, spec_path=spec_path, decomposable_attention=True)
+        capability = check_model(opt_path, backend, spec_path=spec_path, decomposable_attention=True,
+                                 shapes=opts.shapes, spec_for=model_path)
         if capability.supported:
             opts.build.decomposable_attention = True
             optimize.setdefault("notes", []).append(
                 "attention has no dedicated TensorRT kernel for this dtype/head size: built with decomposable attention")
-    engine = _convert(opt_path, out / "model.engine", backend, capability, opts)
+    engine = _convert(opt_path, out / "model.engine", backend, capability, opts, spec_path)
 
     original = load_model(model_path)
     specs = resolve_spec(original.model, model_path, opts.spec)
@@ -107,15 +111,19 @@ def _sibling_spec(model_path: str | Path) -> Path | None:
     return cand if cand.is_file() else None
 
 
-def _convert(opt_path: Path, engine_path: Path, backend: Any, capability: CapabilityReport, opts: RunOptions) -> dict[str, Any]:
+def _convert(opt_path: Path, engine_path: Path, backend: Any, capability: CapabilityReport, opts: RunOptions,
+             spec_path: Path | None) -> dict[str, Any]:
     if not backend.is_library:
         return {"built": False, "reason": "no TensorRT library installed (static backend)"}
     if not capability.supported:
         return {"built": False, "reason": "the check found unsupported nodes or a failed build"}
     loaded = load_model(opt_path)
-    specs = resolve_spec(loaded.model, opt_path, opts.spec or _sibling_spec(opt_path))
+    # the original's spec, not one next to the optimized model (there is none): the check built for the same profile
+    args = argparse.Namespace(**vars(opts.shapes or argparse.Namespace()))
+    args.spec = spec_path
+    choice = profiles_for(loaded.model, opt_path, args)
     try:
-        result = build_engine(loaded, engine_path, backend, opts.build, specs)
+        result = build_engine(loaded, engine_path, backend, opts.build, choice)
     except ConversionError as exc:
         return {"built": False, "reason": "build failed", "error": str(exc)}
     return {"built": True, **result.to_json()}

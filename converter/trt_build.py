@@ -12,17 +12,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from converter.backends import Backend, make_logger, polygraphy_trt, require_library
-from converter.trt_raw import layer_table, layer_to_node, mark_attention_decomposable
+from converter.profiles import Profile, ProfileChoice, profiles_for
+from converter.trt_raw import layer_table, layer_to_node, mark_attention_decomposable, network_profiles
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import LoadedModel
-from surgery.numerics import InputSpec
 
 log = logging.getLogger(__name__)
-
-Profile = dict[str, tuple[list[int], list[int], list[int]]]
 
 
 @dataclass
@@ -56,44 +54,13 @@ class BuildResult:
                 "bytes": self.size, "backend": self.backend, "notes": self.notes}
 
 
-def make_profiles(mins: Sequence[dict[str, list[int]]], opts: Sequence[dict[str, list[int]]],
-                  maxs: Sequence[dict[str, list[int]]]) -> list[Profile]:
-    """Pair the i-th --min/--opt/--max shapes into profiles; a missing min or max defaults to opt."""
-    count = max(len(mins), len(opts), len(maxs))
-    for what, given in (("--min-shapes", mins), ("--opt-shapes", opts), ("--max-shapes", maxs)):
-        if given and len(given) != count:
-            raise UserInputError(f"{what} given {len(given)} time(s) but another shape option {count} time(s)")
-    profiles = []
-    for i in range(count):
-        lo, opt, hi = (mins[i] if mins else {}), (opts[i] if opts else {}), (maxs[i] if maxs else {})
-        names = list(dict.fromkeys([*opt, *lo, *hi]))
-        prof: Profile = {}
-        for name in names:
-            o = opt.get(name) or lo.get(name) or hi.get(name)
-            a, b = lo.get(name, o), hi.get(name, o)
-            if not (len(a) == len(o) == len(b)) or any(x > y or y > z for x, y, z in zip(a, o, b)):
-                raise UserInputError(f"profile {i}: input '{name}' needs min <= opt <= max of equal rank, got {a}, {o}, {b}")
-            prof[name] = (list(a), list(o), list(b))
-        profiles.append(prof)
-    return profiles
-
-
-def dynamic_inputs(loaded: LoadedModel) -> dict[str, list[int]]:
-    """Graph inputs with a symbolic or unknown dim, as dims (-1 where dynamic)."""
-    inits = {t.name for t in loaded.model.graph.initializer}
-    out = {}
-    for vi in loaded.model.graph.input:
-        if vi.name in inits:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in vi.type.tensor_type.shape.dim]
-        if any(d < 0 for d in dims):
-            out[vi.name] = dims
-    return out
-
-
 def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, options: BuildOptions,
-                 specs: Sequence[InputSpec] = ()) -> BuildResult:
-    """Parse, configure and build; write the engine, its build log and its layer table."""
+                 choice: ProfileChoice | None = None) -> BuildResult:
+    """Parse, configure and build; write the engine, its build log and its layer table.
+
+    The profiles are ``options.profiles`` when given, else ``choice``'s, else those
+    ``profiles_for`` picks for the model (its sibling spec, else derived ranges).
+    """
     trt = require_library(backend, "convert")
     pg = polygraphy_trt(backend)
     from polygraphy.backend.trt import util as pg_util
@@ -111,7 +78,11 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
     if not engine_path.parent.is_dir():
         raise UserInputError(f"{engine_path.parent}: output folder does not exist")
     notes: list[str] = []
-    profiles = options.profiles or _spec_profiles(loaded, specs, notes)
+    if not options.profiles:
+        choice = choice or profiles_for(loaded.model, loaded.path, None)
+        notes.append(f"profile {choice.describe()}")
+        notes += choice.notes
+    profiles = options.profiles or choice.profiles
     start = time.time()
     network = None
     try:
@@ -120,6 +91,7 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
             if options.decomposable_attention:
                 network = _mark_decomposable(pg, trt, network, notes)
             layers = layer_table(network[1])
+            profiles = network_profiles(network[1], profiles)
             config = pg.CreateConfig(**_config_kwargs(pg, trt, backend, options, profiles, notes))
             blob = pg.EngineBytesFromNetwork(network, config=config,
                                              save_timing_cache=str(options.save_timing_cache) if options.save_timing_cache else None)()
@@ -158,17 +130,6 @@ def _mark_decomposable(pg: Any, trt: Any, network: Any, notes: list[str]) -> Any
         return pg.SetDecomposableAttentions(network)()
     mark_attention_decomposable(trt, network[1])
     return network
-
-
-def _spec_profiles(loaded: LoadedModel, specs: Sequence[InputSpec], notes: list[str]) -> list[Profile]:
-    dyn = dynamic_inputs(loaded)
-    if not dyn:
-        return []
-    shapes = {s.name: list(s.shape) for s in specs}
-    prof = {name: (shapes.get(name) or [1 if d < 0 else d for d in dims],) * 3 for name, dims in dyn.items()}
-    notes.append("no shapes given: one fixed profile from the input spec " +
-                 ", ".join(f"{k}={v[1]}" for k, v in prof.items()))
-    return [{k: (list(v[0]), list(v[1]), list(v[2])) for k, v in prof.items()}]
 
 
 def _config_kwargs(pg: Any, trt: Any, backend: Backend, options: BuildOptions, profiles: list[Profile],

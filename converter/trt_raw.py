@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 from converter.backends import make_logger
 from surgery.errors import ConversionError
-from surgery.numerics import InputSpec
 
 _LAYER_META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 
@@ -56,17 +55,11 @@ def add_profiles(trt: ModuleType, builder: Any, network: Any, config: Any,
         config.add_optimization_profile(profile)
 
 
-def static_profile(network: Any, specs: Sequence[InputSpec]) -> dict[str, tuple[list[int], list[int], list[int]]]:
-    """One min=opt=max profile from the spec for every network input with a dynamic dim."""
-    shapes = {s.name: list(s.shape) for s in specs}
-    prof = {}
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        dims = list(tensor.shape)
-        if any(d < 0 for d in dims):
-            shape = shapes.get(tensor.name) or [1 if d < 0 else d for d in dims]
-            prof[tensor.name] = (shape, shape, shape)
-    return prof
+def network_profiles(network: Any, profiles: Sequence[dict[str, tuple[list[int], list[int], list[int]]]]
+                     ) -> list[dict[str, tuple[list[int], list[int], list[int]]]]:
+    """``profiles`` restricted to the network inputs that have a dynamic dim (TensorRT takes no others)."""
+    dynamic = {network.get_input(i).name for i in range(network.num_inputs) if any(d < 0 for d in network.get_input(i).shape)}
+    return [{k: v for k, v in p.items() if k in dynamic} for p in profiles if any(k in dynamic for k in p)]
 
 
 def layer_table(network: Any) -> list[dict[str, str]]:
@@ -92,7 +85,7 @@ def mark_attention_decomposable(trt: ModuleType, network: Any) -> int:
     return marked
 
 
-def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSpec],
+def build_check(trt: ModuleType, data: bytes, path: str, profiles: Sequence[dict],
                 decomposable_attention: bool = False) -> tuple[bool, str, list[dict[str, str]]]:
     """Parse and build once with default settings; returns (ok, error text, layer table)."""
     logger = make_logger(trt)
@@ -104,9 +97,7 @@ def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSp
     if decomposable_attention:
         mark_attention_decomposable(trt, network)
     config = builder.create_builder_config()
-    prof = static_profile(network, specs)
-    if prof:
-        add_profiles(trt, builder, network, config, [prof])
+    add_profiles(trt, builder, network, config, network_profiles(network, profiles))
     layers = layer_table(network)
     try:
         blob = builder.build_serialized_network(network, config)
@@ -119,26 +110,26 @@ def build_check(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSp
 
 def _probe_main() -> None:
     """Child-process entry: read (module, data, path, specs) from stdin, write the result to stdout."""
-    module_name, data, path, specs, decomposable = pickle.load(sys.stdin.buffer)
+    module_name, data, path, profiles, decomposable = pickle.load(sys.stdin.buffer)
     trt = importlib.import_module(module_name)
     try:
         from converter.trt_plugins import register_python_plugins
 
         register_python_plugins(trt)  # the parent's registry does not reach this process
-        result = build_check(trt, data, path, specs, decomposable)
+        result = build_check(trt, data, path, profiles, decomposable)
     except Exception as exc:  # report it; the parent turns it into a build failure
         result = (False, f"{type(exc).__name__}: {exc}", [])
     sys.stdout.buffer.write(pickle.dumps(result))
 
 
-def build_check_isolated(trt: ModuleType, data: bytes, path: str, specs: Sequence[InputSpec],
+def build_check_isolated(trt: ModuleType, data: bytes, path: str, profiles: Sequence[dict],
                          decomposable_attention: bool = False, timeout_s: float = 600.0) -> tuple[bool, str, list[dict[str, str]]]:
     """``build_check`` in a child process, so a crash inside TensorRT becomes a build failure.
 
     TensorRT-RTX 1.7 was seen to segfault while building a valid network (an Attention node whose
     q, k and v are one tensor); a crash must not take the whole report down.
     """
-    payload = pickle.dumps((trt.__name__, data, path, list(specs), decomposable_attention))
+    payload = pickle.dumps((trt.__name__, data, path, list(profiles), decomposable_attention))
     cmd = [sys.executable, "-c", "from converter.trt_raw import _probe_main; _probe_main()"]
     try:
         proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout_s, check=False)

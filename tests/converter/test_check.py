@@ -38,7 +38,9 @@ def test_supported_model_exits_0_with_json_keys(tmp_path, backend):
     assert set(data["partitions"][0]) >= {"id", "status", "nodes", "inputs", "outputs"}
     assert set(data["build"]) >= {"attempted", "ok", "error"}
     if backend == "tensorrt-rtx":
-        assert data["build"] == {"attempted": True, "ok": True, "error": "", "nodes": []}
+        profile = data["build"].pop("profile")
+        assert data["build"] == {"attempted": True, "ok": True, "kind": "", "error": "", "nodes": []}
+        assert profile == {"source": "derived from the model", "shapes": {"x": {"min": [2, 8], "opt": [2, 8], "max": [2, 8]}}}
 
 
 @pytest.mark.parametrize("backend", ["static", pytest.param("tensorrt-rtx", marks=pytest.mark.trt)])

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from converter.cli import main
-from converter.trt_build import make_profiles
+from converter.profiles import make_profiles
 from surgery.errors import UserInputError
 from tests.converter import tiny
 

@@ -121,7 +121,7 @@ def test_plugin_fused_bert_parses_and_builds_on_cpu(bert_plugin, tmp_path):
     proc = _child(["check", str(bert_plugin), "--backend", "tensorrt-rtx", "--json", str(report)], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     data = json.loads(report.read_text())
-    assert data["supported"] is True and data["build"] == {"attempted": True, "ok": True, "error": "", "nodes": []}
+    assert data["supported"] is True and data["build"]["ok"] is True and data["build"]["attempted"] is True
     plugin_nodes = [n for n in data["nodes"] if n["op"] in PLUGIN_OPS]
     assert len(plugin_nodes) == N_PLUGIN_NODES
     assert {(n["status"], n["kind"]) for n in plugin_nodes} == {("supported", "ok")}

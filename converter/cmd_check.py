@@ -53,13 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
-    """A plain-text summary: backend, per-node table (problems first), partitions, build."""
+    """A plain-text summary, verdict first (supported, build, profile, problems by kind), then nodes and partitions."""
+    from converter.report_html import build_text, verdict_lines
+
     b = report.backend
     counts: dict[str, int] = {}
     for n in report.nodes:
         counts[n.status] = counts.get(n.status, 0) + 1
-    lines = [f"model   {report.model}", f"backend {b['name']} {b['version']}",
-             "nodes   " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    lines = verdict_lines(report.to_json())
+    lines += ["", f"model   {report.model}", f"backend {b['name']} {b['version']}",
+              "nodes   " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
     shown = [n for n in report.nodes if all_nodes or n.status != "supported"]
     if shown:
         w_name = min(max(len(n.name) for n in shown), 40)
@@ -76,11 +79,6 @@ def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
         lines.append(f"  #{p.id} {p.status:<11} {len(p.nodes):>4} node(s)  in: {', '.join(p.inputs[:4])}"
                      f"{' ...' if len(p.inputs) > 4 else ''}  out: {', '.join(p.outputs[:4])}{' ...' if len(p.outputs) > 4 else ''}")
     bo = report.build
-    if bo.profile:
-        lines.append(f"profile {describe_profile(bo.profile)}  ({bo.profile_source})")
-    if bo.attempted:
-        lines.append(f"build   {'ok' if bo.ok else 'FAILED: ' + bo.error.splitlines()[0] if bo.error else 'FAILED'}")
-    else:
-        lines.append(f"build   not attempted{': ' + bo.error if bo.error else ''}")
-    lines.append(f"result  {'SUPPORTED' if report.supported else 'NOT SUPPORTED'}")
+    recap = f"build {build_text(bo.to_json())}" + (f"; profile {describe_profile(bo.profile)}" if bo.profile else "")
+    lines.append(f"result  {'SUPPORTED' if report.supported else 'NOT SUPPORTED'}  ({recap})")
     return "\n".join(lines)

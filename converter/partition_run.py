@@ -1,8 +1,8 @@
 """Split a model into TensorRT-supported and unsupported partitions, and run them in order.
 
-``partition_model`` classifies nodes with ``capability.check_model`` (parser verdicts), groups them
-with ``partitions.find_partitions``, orders the partitions so each one's inputs are produced by
-earlier ones, and writes one ONNX file per partition plus ``manifest.json``::
+``partition_model`` runs ``capability.check_model`` with ``save_dir`` (exactly what ``surgery check
+--save-partitions`` does: the same statuses, the same ``partitions.find_partitions``, whose ids are a
+valid run order), and adds ``manifest.json``::
 
     {"format": 1, "model": ..., "inputs": [...], "outputs": [...], "classified_by": {...},
      "partitions": [{"id", "file", "status", "backend", "nodes", "inputs", "outputs", "reason"}]}
@@ -10,10 +10,6 @@ earlier ones, and writes one ONNX file per partition plus ``manifest.json``::
 ``run_partitioned`` executes them: a ``tensorrt`` partition is built and run with Polygraphy's
 TrtRunner where a runnable TensorRT exists, and falls back to onnxruntime (CPU) otherwise, recording
 why; every other partition runs on onnxruntime.
-
-Two same-status regions can depend on each other through a partition of the other status (A → U →
-A'); when the weakly connected components form such a cycle, nodes are split further by *phase*
-(the number of status changes on the longest path reaching them), which always yields an order.
 """
 from __future__ import annotations
 
@@ -24,13 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import networkx as nx
 import numpy as np
-import onnx
 
 from converter.backends import Backend, select_backend
 from converter.capability import check_model
-from converter.partitions import Partition, data_flow_graph, find_partitions, save_partitions
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
 from surgery.numerics import InputSpec, run_ort
@@ -41,59 +34,17 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-def _order(parts: list[Partition]) -> list[Partition] | None:
-    """Partitions in an order where every input is produced earlier, or None when they form a cycle."""
-    producer = {t: p.id for p in parts for t in p.outputs}
-    g = nx.DiGraph()
-    g.add_nodes_from(p.id for p in parts)
-    g.add_edges_from((producer[t], p.id) for p in parts for t in p.inputs if t in producer and producer[t] != p.id)
-    try:
-        ids = list(nx.lexicographical_topological_sort(g))
-    except nx.NetworkXUnfeasible:
-        return None
-    by_id = {p.id: p for p in parts}
-    return [by_id[i] for i in ids]
-
-
-def _phased(model: onnx.ModelProto, statuses: list[str]) -> list[str]:
-    """Status labels extended with the phase of each node, which makes the partition graph acyclic."""
-    flow = data_flow_graph(model)
-    phase = [0] * len(statuses)
-    for j in nx.topological_sort(flow):
-        phase[j] = max([phase[i] + (statuses[i] != statuses[j]) for i in flow.predecessors(j)], default=0)
-    return [f"{s}@{p}" for s, p in zip(statuses, phase)]
-
-
-def ordered_partitions(model: onnx.ModelProto, statuses: list[str]) -> list[Partition]:
-    parts = find_partitions(model, statuses)
-    ordered = _order(parts)
-    if ordered is None:
-        parts = find_partitions(model, _phased(model, statuses))
-        for p in parts:
-            p.status = p.status.split("@")[0]
-        ordered = _order(parts)
-        assert ordered is not None, "phased partitions are acyclic by construction"
-    for k, p in enumerate(ordered):
-        p.id = k
-    return ordered
-
-
 def partition_model(model_path: str | Path, out_dir: str | Path, backend: Backend | None = None) -> dict[str, Any]:
     """Write the partitions of ``model_path`` and their manifest under ``out_dir``; return the manifest."""
     backend = backend or select_backend("auto")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: exists and is not a folder")
-    report = check_model(model_path, backend, build=False)
-    loaded = load_model(model_path)
-    model = loaded.model
-    statuses = [n.status for n in report.nodes]
-    parts = ordered_partitions(model, statuses)
-    out.mkdir(parents=True, exist_ok=True)
-    save_partitions(model, parts, out, loaded.base_dir)
+    report = check_model(model_path, backend, save_dir=out)
+    model = load_model(model_path).model
     reasons = {n.name: n.reason for n in report.nodes}
     entries = []
-    for p in parts:
+    for p in report.partitions:
         first_bad = next((reasons[n] for n in p.nodes if reasons.get(n)), "")
         entries.append({"id": p.id, "file": Path(p.path).name, "status": p.status,
                         "backend": "tensorrt" if p.status == "supported" else "onnxruntime",

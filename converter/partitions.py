@@ -1,9 +1,11 @@
 """Cut models by node sets: standalone sub-models for re-parsing, and supported/unsupported partitions.
 
-Partitions are the weakly connected components of the data-flow graph restricted to nodes of one
-status (networkx), so two supported regions separated by an unsupported node are two partitions even
-when their node indices interleave. Each partition is extracted by its boundary tensors into a model
-that passes the ONNX checker and runs in onnxruntime.
+Partitions condense the data-flow graph into a DAG: nodes are visited in topological order and each
+joins the first partition of its status that it can join without closing a cycle (the partition must
+not reach, through other partitions, a partition that feeds the node), else starts a new one. No two
+partitions then depend on each other, no two of one status can be merged, and ids follow a topological
+order, so running partitions by id always has their inputs ready. Each partition is extracted by its
+boundary tensors into a model that passes the ONNX checker and runs in onnxruntime.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Partition:
-    """A maximal connected set of nodes sharing one status."""
+    """A maximal set of nodes sharing one status; it and the other partitions form a DAG."""
 
     id: int
     status: str
@@ -130,19 +132,49 @@ def data_flow_graph(model: onnx.ModelProto) -> nx.DiGraph:
 
 
 def find_partitions(model: onnx.ModelProto, statuses: Sequence[str]) -> list[Partition]:
-    """Maximal weakly connected same-status node sets, ordered by their first node."""
-    flow = data_flow_graph(model)
-    parts: list[Partition] = []
-    for status in sorted(set(statuses)):
-        members = [i for i, s in enumerate(statuses) if s == status]
-        for comp in nx.weakly_connected_components(flow.subgraph(members)):
-            idx = sorted(comp)
-            ins, outs = boundary(model, idx)
-            parts.append(Partition(0, status, [model.graph.node[i].name for i in idx], ins, outs, idx))
-    parts.sort(key=lambda p: p.indices[0])
-    for k, p in enumerate(parts):
-        p.id = k
+    """Maximal same-status node sets forming an acyclic partition graph; ids in topological order."""
+    owner, deps = _assign(data_flow_graph(model), statuses)
+    members: dict[int, list[int]] = {}
+    for i in sorted(owner):
+        members.setdefault(owner[i], []).append(i)
+    parts = []
+    for k, group in enumerate(nx.lexicographical_topological_sort(deps)):  # ties: the group created first
+        idx = members[group]
+        ins, outs = boundary(model, idx)
+        parts.append(Partition(k, statuses[idx[0]], [model.graph.node[i].name for i in idx], ins, outs, idx))
     return parts
+
+
+def _assign(flow: nx.DiGraph, statuses: Sequence[str]) -> tuple[dict[int, int], nx.DiGraph]:
+    """Node -> group (in topological order, the first group of the node's status it can join, else a new
+    one), and the acyclic graph of which group feeds which."""
+    owner: dict[int, int] = {}
+    labels: list[str] = []
+    deps = nx.DiGraph()
+    reach: dict[int, set[int]] = {}  # descendants of a group in ``deps``, cleared when an edge is added
+    for v in nx.lexicographical_topological_sort(flow):
+        feeding = {owner[u] for u in flow.predecessors(v)}
+        fits = (g for g, label in enumerate(labels) if label == statuses[v] and _can_join(deps, reach, g, feeding))
+        group = next(fits, len(labels))
+        if group == len(labels):
+            labels.append(statuses[v])
+            deps.add_node(group)
+        new_edges = [(f, group) for f in feeding if f != group and not deps.has_edge(f, group)]
+        if new_edges:
+            deps.add_edges_from(new_edges)
+            reach.clear()
+        owner[v] = group
+    return owner, deps
+
+
+def _can_join(deps: nx.DiGraph, reach: dict[int, set[int]], group: int, feeding: set[int]) -> bool:
+    """Whether a node fed by ``feeding`` may join ``group``: the group reaches none of the other feeders."""
+    others = feeding - {group}
+    if not others:
+        return True
+    if group not in reach:
+        reach[group] = nx.descendants(deps, group)
+    return not reach[group] & others
 
 
 def save_partitions(model: onnx.ModelProto, parts: list[Partition], folder: Path, source_dir: Path | None = None) -> None:

@@ -91,14 +91,21 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) 
     else:
         validation["engine_vs_original"] = {"status": "skipped", "skipped": f"no engine: {engine.get('reason', '')}",
                                             "outputs": []}
-    report = {"model": str(model_path), "backend": backend.describe(), "optimize": optimize,
-              "check": capability.to_json(), "engine": engine, "validation": validation}
     ok = (validation["optimized_vs_original"]["status"] == "passed" and capability.supported
           and validation["engine_vs_original"]["status"] != "failed" and engine.get("error") is None)
-    report["ok"] = ok
+    report = _assemble_report(model_path, backend.describe(), optimize, capability.to_json(), engine, validation, ok)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.html").write_text(run_html(report, capability))
     return RunResult(report, capability, ok)
+
+
+def _assemble_report(model_path: str | Path, backend: dict[str, str], optimize: dict[str, Any], check: dict[str, Any],
+                     engine: dict[str, Any], validation: dict[str, Any], ok: bool) -> dict[str, Any]:
+    """report.json, verdict first: ok, supported, the check's build (with its profile), the engine, problem nodes
+    by kind and the validations; then the details (model, backend, optimize, the full check)."""
+    return {"ok": ok, "supported": check["supported"], "build": check["build"], "engine": engine,
+            "unsupported": check["unsupported"], "validation": validation,
+            "model": str(model_path), "backend": backend, "optimize": optimize, "check": check}
 
 
 def _only_attention_build_failures(capability: CapabilityReport) -> bool:

@@ -52,3 +52,37 @@ def test_run_on_bert_sample_end_to_end(tmp_path, capsys):
     assert report["engine"]["built"] is True and (out / "model.engine").stat().st_size > 0
     assert report["validation"]["optimized_vs_original"]["status"] == "passed"
     assert report["validation"]["engine_vs_original"]["status"] in ("passed", "skipped")
+
+
+def _direct_build(path: Path, profile: dict) -> bool:
+    """Parse and build with TensorRT-RTX's own API over ``profile`` (dynamic inputs only), default settings."""
+    import tensorrt_rtx as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        return False
+    config = builder.create_builder_config()
+    prof = builder.create_optimization_profile()
+    dynamic = [network.get_input(i) for i in range(network.num_inputs) if any(d < 0 for d in network.get_input(i).shape)]
+    for tensor in dynamic:
+        prof.set_shape(tensor.name, *profile[tensor.name])
+    if dynamic:
+        config.add_optimization_profile(prof)
+    try:
+        return builder.build_serialized_network(network, config) is not None
+    except Exception:
+        return False
+
+
+@pytest.mark.trt
+@pytest.mark.parametrize("name", sample_names())
+def test_check_build_agrees_with_direct_build_over_the_profile(name):
+    pytest.importorskip("tensorrt_rtx")
+    report = check_model(sample_path(name), select_backend("tensorrt-rtx"), spec_path=spec_path(name))
+    if not report.build.attempted:
+        pytest.skip(f"check did not build: {report.build.error}")
+    assert report.build.profile, "the report names the profile it built for"
+    assert report.build.ok == _direct_build(sample_path(name), report.build.profile)

@@ -8,6 +8,7 @@ looking for the attribute, never by comparing version strings.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -130,6 +131,10 @@ def polygraphy_trt(backend: Backend) -> ModuleType:
         from polygraphy import config as pg_config
 
         pg_config.USE_TENSORRT_RTX = want_rtx
+    from polygraphy.logger import logger as pg_logger
+
+    if pg_logger.COLORED_MODULE_PRESENT is None:  # else polygraphy prints a warning about colours to stdout
+        pg_logger.COLORED_MODULE_PRESENT = importlib.util.find_spec("colored") is not None
     pg_trt = importlib.import_module("polygraphy.backend.trt")
     from polygraphy import config as pg_config
 

@@ -2,6 +2,8 @@
 
 Exit 0 all outputs within tolerance, 1 a mismatch, 2 user error, 3 skipped (the engine cannot run
 here; the reason is printed — this is never reported as a pass).
+Without --atol/--rtol the tolerance follows the candidate's precision (fp32, fp16, bf16); a candidate
+onnxruntime cannot run at its precision (bf16) is compared through its float32 upcast.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", help="input spec JSON (default: REFERENCE's .spec.json or derived)")
     parser.add_argument("--inputs", metavar="FILE.npz", help="use these inputs instead of random ones")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
-    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance (default: 1e-4 for fp32 candidates; fp16/bf16: "
+                                                   "1e-3/1e-2 of each output's largest magnitude)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance (default: 1e-3 for fp32 and fp16, 1e-2 for bf16)")
     parser.add_argument("--mark-all", action="store_true",
                         help="also compare every intermediate tensor both models share and name the first divergent node")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the comparison as JSON")
@@ -113,7 +116,9 @@ def _inlined(loaded: LoadedModel) -> onnx.ModelProto:
 
 
 def render(report: ValidationReport) -> str:
-    lines = [f"reference {report.reference}", f"candidate {report.candidate}", f"tolerance atol={report.atol:g} rtol={report.rtol:g}"]
+    lines = [f"reference {report.reference}", f"candidate {report.candidate}", f"tolerance {report.tolerance}"]
+    if report.upcast:
+        lines.append(f"note      candidate {report.upcast}")
     if report.skipped:
         lines.append(f"skipped: {report.skipped}")
         return "\n".join(lines)

@@ -97,18 +97,24 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     if opts.validate_each or opts.spec is not None:
         specs = input_specs(loaded.model, loaded.path, opts)  # a bad --spec is a user error before any work
     options = {"emit": opts.emit, **opts.extra}
+    if opts.preset == "trt":  # its output must build with plain TensorRT settings (see fuse-attention)
+        options.setdefault("attention_kernels", "tensorrt")
     if opts.input_shapes:
         options["input_shapes"] = opts.input_shapes
     if opts.precision:
         options.update(precision=opts.precision, keep_io_types=opts.keep_io_types)
     ctx = PassContext(options=options, explain=opts.explain, dump_dir=opts.dump_dir)
     hooks: list[PassHook] = [_Progress(len(steps))]
+    guard = None
     if opts.validate_each:
         dump = opts.dump_dir or dst.parent / f"{dst.stem}.validate-each"
-        hooks.append(NumericGuard(loaded.model, specs, dump, source_dir=loaded.base_dir))
+        guard = NumericGuard(loaded.model, specs, dump, source_dir=loaded.base_dir)
+        hooks.append(guard)
     nodes_before = len(loaded.model.graph.node)
     graph = to_graph(loaded)
     report = PassManager(steps, hooks=hooks).run(graph, ctx)
+    for index, note in (guard.notes if guard else {}).items():  # how a low-precision pass was validated
+        report.passes[index].notes.append(note)
     model = to_model(graph, like=loaded.model)
     save_model(model, dst, source_dir=loaded.base_dir, external=opts.external_data,
                protect=None if opts.in_place else loaded.path)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converter import remedies
 from converter.backends import Backend, make_logger, polygraphy_trt, require_library
 from converter.profiles import Profile, ProfileChoice, profiles_for
 from converter.trt_raw import layer_table, layer_to_node, mark_attention_decomposable, network_profiles
@@ -85,8 +88,9 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
     profiles = options.profiles or choice.profiles
     start = time.time()
     network = None
+    native = _NativeStderr()
     try:
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        with native, G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # polygraphy's own '[!]' lines stay quiet: the failure is raised
             network = _network(pg, loaded, options)()
             if options.decomposable_attention:
                 network = _mark_decomposable(pg, trt, network, notes)
@@ -96,16 +100,22 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
             blob = pg.EngineBytesFromNetwork(network, config=config,
                                              save_timing_cache=str(options.save_timing_cache) if options.save_timing_cache else None)()
     except PolygraphyException as exc:
-        log_path.write_text(logger.capture.text())
-        errors = logger.capture.errors()
-        raise ConversionError(_failure_message(exc, errors, network)) from exc
+        log_path.write_text(logger.capture.text() + native.text())
+        detail = _failure_message(exc, logger.capture.errors(), network)
+        where = (re.search(r"node '([^']*)' \(([^)]*)\)", detail)
+                 or re.search(r"parsing node number \d+ \[(\w+)[^\]]*\]:.*?Node name: (\S+)", logger.capture.text(), re.S))
+        name, op = ((where.group(1), where.group(2)) if where and where.re.pattern.startswith("node") else
+                    (where.group(2), where.group(1)) if where else ("", ""))
+        at = f" at node '{name}' ({op})" if where else ""
+        reason = remedies.translate(detail, op)
+        raise ConversionError(f"engine build failed{at}: {_one_line(reason)} (full log: {log_path})") from exc
     except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
-        log_path.write_text(logger.capture.text())
-        raise ConversionError(f"engine build failed: {type(exc).__name__}: {exc}") from exc
+        log_path.write_text(logger.capture.text() + native.text())
+        raise ConversionError(f"engine build failed: {type(exc).__name__}: {_one_line(str(exc))} (full log: {log_path})") from exc
     seconds = time.time() - start
     data = bytes(blob)
     engine_path.write_bytes(data)
-    log_path.write_text(logger.capture.text())
+    log_path.write_text(logger.capture.text() + native.text())
     node_names = [n.name for n in loaded.model.graph.node]
     mapping = layer_to_node(layers, node_names)
     for layer in layers:
@@ -166,6 +176,36 @@ def _pg_profile(pg: Any, prof: Profile) -> Any:
     for name, (lo, opt, hi) in prof.items():
         profile.add(name, min=lo, opt=opt, max=hi)
     return profile
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class _NativeStderr:
+    """Send what TensorRT's C++ code writes straight to file descriptor 2 (Myelin dumps) into the build log."""
+
+    def __enter__(self) -> "_NativeStderr":
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self._text = self._file.read().decode(errors="replace")
+        self._file.close()
+
+    def text(self) -> str:
+        text = getattr(self, "_text", "")
+        return f"\n--- written to stderr by the builder ---\n{text}" if text.strip() else ""
 
 
 def _failure_message(exc: Exception, errors: list[str], network: Any) -> str:

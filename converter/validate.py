@@ -5,6 +5,12 @@ ONNX candidates run on onnxruntime (CPU, graph optimizations off). Engines run t
 is "skipped" with TensorRT's own reason — never a pass. ``mark_all`` exposes every intermediate tensor
 the two models share by name and names the first reference node (topological order) whose output
 diverges.
+
+An ONNX candidate onnxruntime cannot run at its precision (bf16: no CPU kernels) is compared through
+its float32 upcast (``surgery.numerics.upcast_to_float32``: weights keep their rounding, every bf16
+tensor is rounded through a Cast pair). Without --atol/--rtol the tolerance follows the candidate's
+precision (``surgery.numerics.PRECISION_TOLERANCES``); the report says which tolerance, why, and
+whether the candidate was upcast.
 """
 from __future__ import annotations
 
@@ -19,10 +25,12 @@ import onnx
 
 from converter.backends import Backend, make_logger, polygraphy_trt
 from surgery.errors import UserInputError
-from surgery.numerics import InputSpec, OutputDiff, compare, random_feeds, run_ort
+from surgery.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
+                              precision_tolerance, random_feeds, run_ort)
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TOLERANCE = Tolerance(1e-3, 1e-4, why="float32 candidate: the defaults")
 _BINS = [0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, np.inf]
 
 
@@ -35,11 +43,13 @@ class OutputResult:
     diff: OutputDiff
     histogram: list[tuple[str, int]]
     shape: list[int]
+    atol: float | None = None  # the absolute tolerance this output was held to
 
     def to_json(self) -> dict[str, Any]:
         d = self.diff
         return {"name": d.name, "max_abs": d.max_abs, "mean_abs": d.mean_abs, "max_rel": d.max_rel, "cosine": d.cosine,
-                "passed": d.passed, "shape": self.shape, "histogram": [[b, c] for b, c in self.histogram]}
+                "passed": d.passed, "atol": self.atol, "shape": self.shape,
+                "histogram": [[b, c] for b, c in self.histogram]}
 
 
 @dataclass
@@ -52,6 +62,8 @@ class ValidationReport:
     skipped: str = ""
     first_divergence: dict[str, str] | None = None
     intermediates_compared: int = 0
+    tolerance: str = ""  # which tolerance and why
+    upcast: str = ""  # how the candidate was upcast to float32 for onnxruntime ('' when it ran as it is)
 
     @property
     def passed(self) -> bool:
@@ -64,7 +76,8 @@ class ValidationReport:
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "candidate": self.candidate, "status": self.status, "skipped": self.skipped,
                 "atol": self.atol, "rtol": self.rtol, "outputs": [o.to_json() for o in self.outputs],
-                "first_divergence": self.first_divergence, "intermediates_compared": self.intermediates_compared}
+                "first_divergence": self.first_divergence, "intermediates_compared": self.intermediates_compared,
+                "tolerance": self.tolerance, "upcast": self.upcast}
 
 
 def histogram(ref: np.ndarray, cand: np.ndarray) -> list[tuple[str, int]]:
@@ -100,15 +113,26 @@ def make_feeds(specs: list[InputSpec], inputs_npz: str | Path | None, seed: int)
 
 
 def compare_outputs(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], names: Sequence[str],
-                    atol: float, rtol: float) -> list[OutputResult]:
+                    tol: Tolerance) -> list[OutputResult]:
     results = []
     for name in names:
         if name not in cand:
             results.append(OutputResult(OutputDiff(name, float("inf"), float("inf"), float("inf"), 0.0, False), [], []))
             continue
         r, c = np.asarray(ref[name]), np.asarray(cand[name])
-        results.append(OutputResult(compare(r, c, name, rtol=rtol, atol=atol), histogram(r, c), list(r.shape)))
+        atol = tol.atol_for(r)
+        results.append(OutputResult(compare(r, c, name, rtol=tol.rtol, atol=atol), histogram(r, c), list(r.shape), atol))
     return results
+
+
+def choose_tolerance(candidate: onnx.ModelProto | None, atol: float | None, rtol: float | None) -> Tolerance:
+    """The candidate precision's tolerance; --atol/--rtol, where given, replace its parts."""
+    base = precision_tolerance(low_precision(candidate) if candidate is not None else None, DEFAULT_TOLERANCE)
+    if atol is None and rtol is None:
+        return base
+    given = " and ".join(f"--{k}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None)
+    return Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol,
+                     base.scale if atol is None else 0.0, f"{given} given; {base.why}" if base.scale else f"{given} given")
 
 
 def shared_intermediates(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> list[str]:
@@ -137,19 +161,22 @@ def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
 
 
 def validate_onnx(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
-                  atol: float, rtol: float, mark_all: bool = False, names: tuple[str, str] = ("reference", "candidate")
-                  ) -> ValidationReport:
+                  atol: float | None = None, rtol: float | None = None, mark_all: bool = False,
+                  names: tuple[str, str] = ("reference", "candidate")) -> ValidationReport:
     """Run both models on onnxruntime and compare outputs (and shared intermediates with ``mark_all``)."""
-    report = ValidationReport(names[0], names[1], atol, rtol)
+    tol = choose_tolerance(candidate, atol, rtol)
+    report = ValidationReport(names[0], names[1], tol.atol, tol.rtol, tolerance=tol.describe())
+    candidate, report.upcast = ort_runnable(candidate)
     outputs = [o.name for o in reference.graph.output]
     inter = [n for n in shared_intermediates(reference, candidate) if n not in outputs] if mark_all else []
     ref_model, cand_model = (expose(reference, inter), expose(candidate, inter)) if inter else (reference, candidate)
     ref = run_ort(ref_model, feeds, outputs=outputs + inter)
-    cand = run_ort(cand_model, feeds, outputs=[n for n in outputs + inter if n in _output_names(cand_model)])
-    report.outputs = compare_outputs(ref, cand, outputs, atol, rtol)
+    cand = run_ort(cand_model, cast_feeds(cand_model, feeds),
+                   outputs=[n for n in outputs + inter if n in _output_names(cand_model)])
+    report.outputs = compare_outputs(ref, cand, outputs, tol)
     if mark_all:
         report.intermediates_compared = len(inter)
-        diffs = {r.diff.name: r.diff for r in compare_outputs(ref, cand, inter + outputs, atol, rtol)}
+        diffs = {r.diff.name: r.diff for r in compare_outputs(ref, cand, inter + outputs, tol)}
         for node in reference.graph.node:
             bad = [o for o in node.output if o in diffs and not diffs[o].passed]
             if bad:
@@ -192,8 +219,9 @@ def run_engine(backend: Backend, engine: bytes, feeds: Mapping[str, np.ndarray])
 
 
 def validate_engine(reference: onnx.ModelProto, engine_path: Path, backend: Backend, feeds: Mapping[str, np.ndarray], *,
-                    atol: float, rtol: float, names: tuple[str, str]) -> ValidationReport:
-    report = ValidationReport(names[0], names[1], atol, rtol)
+                    atol: float | None, rtol: float | None, names: tuple[str, str]) -> ValidationReport:
+    tol = choose_tolerance(None, atol, rtol)
+    report = ValidationReport(names[0], names[1], tol.atol, tol.rtol, tolerance=tol.describe())
     data = Path(engine_path).read_bytes()
     try:
         cand = run_engine(backend, data, feeds)
@@ -201,5 +229,5 @@ def validate_engine(reference: onnx.ModelProto, engine_path: Path, backend: Back
         report.skipped = str(exc)
         return report
     ref = run_ort(reference, feeds)
-    report.outputs = compare_outputs(ref, cand, list(ref), atol, rtol)
+    report.outputs = compare_outputs(ref, cand, list(ref), tol)
     return report

@@ -26,7 +26,10 @@ Requires:
     onnx emit: the opset raised to 23 (once per run, before the first rewrite).
 
 Rejects:
-    scale-not-scalar, fill-not-large-negative (Where mask), cast-changes-dtype, cast-dtype-unknown (run
+    no-dedicated-kernel (onnx emit for TensorRT, ``ctx.option("attention_kernels") == "tensorrt"`` as the
+    trt preset sets it: fp32 attention has no dedicated TensorRT kernel, and a plain build of an fp32
+    ``Attention`` fails, so the MatMul-Softmax-MatMul form is kept; with ``--precision fp16/bf16`` it
+    fuses), scale-not-scalar, fill-not-large-negative (Where mask), cast-changes-dtype, cast-dtype-unknown (run
     infer-shapes first), softmax-axis (opset < 13 Softmax without an explicit last axis), gqa-bad-repeat
     (Unsqueeze axis is not 2), not-4d (a Q/K/V input of known rank != 4), num-heads-unknown (ort/plugin
     need a static head count), gqa-no-ort-op (MultiHeadAttention needs equal head counts; the non-GQA
@@ -127,6 +130,9 @@ class FuseAttentionPass(PatternRewritePass):
             return "num-heads-unknown"
         if emit == "ort" and qk == "gqa":
             return "gqa-no-ort-op"
+        if emit == "onnx" and ctx.option("attention_kernels") == "tensorrt" and not ctx.option("precision"):
+            if m.inputs[0].dtype is None or np.dtype(m.inputs[0].dtype) == np.float32:
+                return "no-dedicated-kernel"
         return None
 
     def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:

@@ -123,3 +123,183 @@ def compare(reference: np.ndarray, candidate: np.ndarray, name: str, *, rtol: fl
     cosine = float(a @ b / denom) if denom > 0 else float(np.allclose(a, b))
     passed = bool(same_nonfinite and np.all(d <= atol + rtol * np.abs(ref[finite]))) if finite.any() else same_nonfinite
     return OutputDiff(name, float(d.max()), float(d.mean()), float(rel.max()), cosine, passed)
+
+
+# --- low-precision candidates: precision detection, fp32 upcast, tolerances ---------------------------------
+
+LOW_FLOATS = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+_TYPE_ATTRS = ("to", "dtype")  # Cast's target, EyeLike/RandomNormal*/... output type
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph (If/Loop/Scan bodies) nested in it."""
+    return [graph] + [g for n in graph.node for sub in _subgraphs(n) for g in _graphs(sub)]
+
+
+def _value_types(graph: onnx.GraphProto) -> list[onnx.TypeProto.Tensor]:
+    return [vi.type.tensor_type for vi in list(graph.input) + list(graph.output) + list(graph.value_info)]
+
+
+def low_precision(model: onnx.ModelProto) -> str | None:
+    """'bf16' or 'fp16' when the model holds tensors, Casts or value types of that precision (bf16 wins), else None."""
+    found: set[int] = set()
+    for g in _graphs(model.graph):
+        found |= {t.data_type for t in g.initializer} | {t.elem_type for t in _value_types(g)}
+        for n in g.node:
+            found |= {a.t.data_type for a in n.attribute if a.type == onnx.AttributeProto.TENSOR}
+            found |= {a.i for a in n.attribute if a.name in _TYPE_ATTRS and a.type == onnx.AttributeProto.INT}
+    names = {LOW_FLOATS[t] for t in found if t in LOW_FLOATS}
+    return "bf16" if "bf16" in names else ("fp16" if names else None)
+
+
+def _to_float32(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """The same values as float32 (exact for fp16/bf16), same name."""
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+
+
+def _low_outputs(graph: onnx.GraphProto) -> dict[str, int]:
+    """Node outputs of ``graph`` typed fp16/bf16 (Constants left out: their values are exact) -> that type."""
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(graph.value_info) + list(graph.output)}
+    return {o: types[o] for n in graph.node if n.op_type != "Constant" for o in n.output
+            if types.get(o) in LOW_FLOATS}
+
+
+def _upcast_node(node: onnx.NodeProto, counts: dict[str, int]) -> None:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW_FLOATS:
+            a.t.CopyFrom(_to_float32(a.t))
+            counts["constants"] += 1
+        elif a.name in _TYPE_ATTRS and a.type == onnx.AttributeProto.INT and a.i in LOW_FLOATS:
+            a.i = onnx.TensorProto.FLOAT
+            counts["casts"] += 1
+
+
+def _rounding(name: str, low: int, source: str) -> list[onnx.NodeProto]:
+    """Cast ``source`` to ``low`` and back to float32 as ``name``: the rounding the low-precision tensor had."""
+    mid = f"{name}/upcast_{LOW_FLOATS[low]}"
+    return [onnx.helper.make_node("Cast", [source], [mid], name=f"{mid}/round", to=low),
+            onnx.helper.make_node("Cast", [mid], [name], name=f"{mid}/back", to=onnx.TensorProto.FLOAT)]
+
+
+def _round_inputs(graph: onnx.GraphProto, counts: dict[str, int]) -> list[onnx.NodeProto]:
+    """Rounding Casts for fp16/bf16 graph inputs (fed as float32 once upcast); consumers read the rounded copy."""
+    inits = {t.name for t in graph.initializer}
+    low = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input
+           if vi.name not in inits and vi.type.tensor_type.elem_type in LOW_FLOATS}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in low:
+                node.input[i] = f"{name}/upcast_rounded"
+    counts["rounded tensors"] += len(low)
+    return [c for name, t in low.items() for c in _rounding(f"{name}/upcast_rounded", t, name)]
+
+
+def _upcast_graph(graph: onnx.GraphProto, counts: dict[str, int]) -> None:
+    low = _low_outputs(graph)
+    nodes = _round_inputs(graph, counts)
+    for node in graph.node:
+        _upcast_node(node, counts)
+        nodes.append(node)
+        for i, out in enumerate(node.output):
+            if out in low:
+                node.output[i] = f"{out}/upcast_unrounded"
+                nodes += _rounding(out, low[out], node.output[i])
+                counts["rounded tensors"] += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for t in graph.initializer:
+        if t.data_type in LOW_FLOATS:
+            t.CopyFrom(_to_float32(t))
+            counts["initializers"] += 1
+    for t in _value_types(graph):
+        if t.elem_type in LOW_FLOATS:
+            t.elem_type = onnx.TensorProto.FLOAT
+            counts["value types"] += 1
+
+
+def upcast_to_float32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy that onnxruntime runs in float32 where ``model`` has fp16/bf16 (no bf16 CPU kernels there).
+
+    Initializers, tensor attributes (Constant), Cast/dtype targets, graph inputs/outputs and value_info
+    become float32; fp16/bf16 values upcast exactly, so the weights keep their rounding. Every node output
+    that was fp16/bf16 is rounded through a Cast pair (to the low type and back), so activations keep the
+    low precision's storage rounding; only the arithmetic inside an op runs in float32 (as TensorRT's
+    accumulation does). Returns the copy and counts of what changed.
+    """
+    try:
+        out = onnx.shape_inference.infer_shapes(model)  # types of every tensor, for the rounding Casts
+    except Exception:  # untyped tensors are then only upcast, not rounded
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    counts = dict.fromkeys(("initializers", "constants", "casts", "value types", "rounded tensors"), 0)
+    for g in _graphs(out.graph):
+        _upcast_graph(g, counts)
+    return out, {k: v for k, v in counts.items() if v}
+
+
+def ort_refusal(model: onnx.ModelProto) -> str | None:
+    """Why onnxruntime's CPU provider cannot run ``model`` (a missing kernel, e.g. bf16 Add), or None."""
+    try:
+        ort_session(model)
+    except Exception as exc:  # onnxruntime's NotImplemented/Fail carry no common base worth naming
+        if type(exc).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in str(exc):
+            return str(exc).split(" : ")[-1].strip()[:300]
+        raise
+    return None
+
+
+def ort_runnable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """``model`` when onnxruntime runs it as it is, else its float32 upcast; plus a note on the upcast ('' if none)."""
+    why = ort_refusal(model)
+    if why is None:
+        return model, ""
+    precision = low_precision(model) or "low-precision"
+    upcast, counts = upcast_to_float32(model)
+    what = ", ".join(f"{v} {k}" for k, v in counts.items())
+    return upcast, (f"upcast to float32, as onnxruntime cannot run it at {precision} ({why}): {what}; the weights keep "
+                    f"their {precision} values and every {precision} tensor is rounded to {precision} and back")
+
+
+_FLOAT_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
+
+
+def cast_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` with float arrays cast to the float type of the model's graph inputs (e.g. fp16 I/O)."""
+    want = {vi.name: _FLOAT_NP.get(vi.type.tensor_type.elem_type) for vi in model.graph.input}
+    return {k: v.astype(want[k]) if want.get(k) is not None and v.dtype.kind == "f" else v for k, v in feeds.items()}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|d| <= atol + rtol*|ref|`` where atol is ``max(atol, scale * max|ref|)`` for each output."""
+
+    rtol: float
+    atol: float
+    scale: float = 0.0
+    why: str = ""
+
+    def atol_for(self, reference: np.ndarray) -> float:
+        ref = np.asarray(reference, dtype=np.float64)
+        finite = np.abs(ref[np.isfinite(ref)])
+        return max(self.atol, self.scale * float(finite.max())) if self.scale and finite.size else self.atol
+
+    def describe(self) -> str:
+        floor = f"max({self.atol:g}, {self.scale:g}*max|ref|)" if self.scale else f"{self.atol:g}"
+        return f"atol={floor} rtol={self.rtol:g}" + (f" ({self.why})" if self.why else "")
+
+
+PRECISION_TOLERANCES = {
+    "fp16": Tolerance(1e-3, 1e-4, 1e-3, "fp16 candidate: 11 significant bits; the floor scales with each output"),
+    "bf16": Tolerance(1e-2, 1e-3, 1e-2, "bf16 candidate: 8 significant bits; the floor scales with each output"),
+}
+
+
+def precision_tolerance(precision: str | None, default: Tolerance) -> Tolerance:
+    """The tolerance for a candidate of ``precision`` ('fp16'/'bf16'), else ``default``."""
+    return PRECISION_TOLERANCES.get(precision or "", default)

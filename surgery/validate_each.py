@@ -1,11 +1,14 @@
 """``--validate-each``: after every pass that changed the graph, compare outputs with the original.
 
 The first pass whose outputs drift beyond tolerance is named, and the models before and after it
-are written to the dump folder.
+are written to the dump folder. A model onnxruntime cannot run at its precision (bf16: no CPU kernels)
+is compared through its float32 upcast, and an fp16/bf16 model gets a tolerance suited to its
+precision; ``notes`` says so for the pass concerned (index of the pass run -> note).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -13,7 +16,8 @@ import onnx_graphsurgeon as gs
 
 from surgery.errors import NumericMismatchError
 from surgery.io import save_model, to_model
-from surgery.numerics import InputSpec, compare, random_feeds, run_ort
+from surgery.numerics import (InputSpec, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
+                              precision_tolerance, random_feeds, run_ort)
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.pass_manager import PassHook
 
@@ -31,21 +35,35 @@ class NumericGuard(PassHook):
         self.rtol, self.atol = rtol, atol
         self.source_dir = source_dir
         self.checked = 0
+        self.runs = 0  # after() calls so far: the index of the pass's record in the pipeline report
+        self.notes: dict[int, str] = {}
 
     def after(self, step: Pass, graph: gs.Graph, ctx: PassContext, result: PassResult) -> None:
+        self.runs += 1
         if not result.changed:
             return
         if step.tolerance:  # a deliberately inexact pass loosens the bar for itself and what follows
             self.rtol, self.atol = max(self.rtol, step.tolerance[0]), max(self.atol, step.tolerance[1])
         model = to_model(graph, like=self.like)
-        got = run_ort(model, self.feeds, outputs=list(self.reference))
+        precision = low_precision(model)
+        runnable, upcast = ort_runnable(model)
+        got = run_ort(runnable, cast_feeds(runnable, self.feeds), outputs=list(self.reference))
         self.checked += 1
+        tol = self._tolerance(precision)
         bad = [d for name, ref in self.reference.items()
-               if not (d := compare(ref, got[name], name, rtol=self.rtol, atol=self.atol)).passed]
+               if not (d := compare(ref, got[name], name, rtol=tol.rtol, atol=tol.atol_for(ref))).passed]
+        said = f"tolerance {tol.describe()}" + (f"; the model was {upcast}" if upcast else "")
         if bad:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
             before = save_model(self.last_good, self.dump_dir / f"before-{step.name}.onnx", source_dir=self.source_dir)
             after = save_model(model, self.dump_dir / f"after-{step.name}.onnx", source_dir=self.source_dir)
             raise NumericMismatchError(
-                f"pass '{step.name}' changed the outputs ({bad[0].describe()}); saved {before} and {after}")
+                f"pass '{step.name}' changed the outputs ({bad[0].describe()}; {said}); saved {before} and {after}")
+        if precision or upcast:
+            self.notes[self.runs - 1] = f"validated against the original on onnxruntime: {said}"
         self.last_good = model
+
+    def _tolerance(self, precision: str | None) -> Tolerance:
+        """The precision's tolerance, never tighter than the one the passes so far allow."""
+        tol = precision_tolerance(precision, Tolerance(self.rtol, self.atol))
+        return replace(tol, rtol=max(tol.rtol, self.rtol), atol=max(tol.atol, self.atol))

@@ -47,7 +47,7 @@ def test_run_on_bert_sample_end_to_end(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert set(report) >= {"optimize", "check", "engine", "validation"}
     fused = {p["name"]: p["changed"] for p in report["optimize"]["passes"] if p["name"].startswith("fuse-")}
-    assert fused["fuse-layernorm"] == 5 and fused["fuse-gelu"] == 2 and fused["fuse-attention"] == 2
+    assert fused["fuse-layernorm"] == 5 and fused["fuse-gelu"] == 2 and fused["fuse-attention"] == 0  # fp32: kept decomposed
     assert report["check"]["supported"] is True
     assert report["engine"]["built"] is True and (out / "model.engine").stat().st_size > 0
     assert report["validation"]["optimized_vs_original"]["status"] == "passed"

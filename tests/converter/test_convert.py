@@ -59,7 +59,9 @@ def test_convert_strongly_typed(tmp_path):
 def test_attention_build_failure_is_a_conversion_error_and_decomposable_fixes_it(tmp_path, capsys):
     path = tiny.save(tiny.attention_fp32(), tmp_path, "attn")
     assert main(["convert", path, "-o", str(tmp_path / "a.engine"), "--backend", "tensorrt-rtx"]) == 1
-    assert "Attention operation was not supported" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--decomposable-attention" in err[0] and "a.engine.build.log" in err[0], err
+    assert "Attention operation was not supported" in (tmp_path / "a.engine.build.log").read_text()
     assert main(["convert", path, "-o", str(tmp_path / "a.engine"), "--backend", "tensorrt-rtx",
                  "--decomposable-attention"]) == 0
     assert (tmp_path / "a.engine").stat().st_size > 0

@@ -64,6 +64,19 @@ def test_bf16_is_structurally_valid():
     assert any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.BFLOAT16 for n in out.graph.node)
 
 
+@pytest.mark.skipif(not TRANSFORMERS, reason="no transformer sample models generated")
+@pytest.mark.parametrize("path", TRANSFORMERS, ids=[Path(p).stem for p in TRANSFORMERS])
+def test_transformer_samples_bf16_within_1e_2_through_the_fp32_upcast(path):
+    from surgery.numerics import ort_runnable
+
+    model = load_model(path).model
+    out, _ = apply_pass(model, "convert-precision", ctx_options={"precision": "bf16"})
+    runnable, note = ort_runnable(out)  # onnxruntime's CPU provider has no bf16 kernels
+    assert note.startswith("upcast to float32")
+    feeds = random_feeds(load_spec(Path(path).with_suffix(".spec.json")), seed=0)
+    _close(model, runnable, feeds)
+
+
 def test_second_run_is_a_noop():
     out, _ = apply_pass(tiny.mlp(), "convert-precision", ctx_options={"precision": "fp16"})
     _, again = apply_pass(out, "convert-precision", ctx_options={"precision": "fp16"})
@@ -95,3 +108,17 @@ def test_cli_precision_flag_converts_and_validate_each_allows_its_tolerance(tmp_
     model = onnx.load(out)
     assert {i.type.tensor_type.elem_type for i in model.graph.output} == {onnx.TensorProto.FLOAT}
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_cli_bf16_validate_each_runs_through_the_upcast(tmp_path, capsys):
+    import json
+
+    from converter.cli import main
+    from tests.samples import sample_path
+
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert main(["optimize", str(sample_path("bert_ts_op14")), "-o", str(out), "--preset", "trt",
+                 "--precision", "bf16", "--validate-each", "--report", str(report)]) == 0
+    last = json.loads(report.read_text())["passes"][-1]
+    assert last["name"] == "convert-precision"
+    assert any("validated against the original" in n and "upcast to float32" in n for n in last["notes"])

@@ -80,3 +80,25 @@ def test_engine_candidate_runs(tmp_path):
     if reason:
         pytest.skip(f"no runnable TensorRT engine here: {reason}")
     assert main(["validate", ref, str(engine), "--atol", "1e-3", "--rtol", "1e-3"]) == 0
+
+
+def test_float32_candidate_gets_the_default_tolerance_and_says_why(tmp_path, capsys):
+    ref = tiny.save(tiny.mlp(), tmp_path, "ref")
+    out = tmp_path / "v.json"
+    assert main(["validate", ref, ref, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["atol"], data["rtol"], data["upcast"]) == (1e-4, 1e-3, "")
+    assert "tolerance atol=0.0001 rtol=0.001 (float32 candidate: the defaults)" in capsys.readouterr().out
+
+
+def test_fp16_candidate_gets_an_fp16_tolerance(tmp_path):
+    from tests.helpers import apply_pass
+
+    ref = tiny.save(tiny.mlp(), tmp_path, "ref")
+    fp16, _ = apply_pass(tiny.mlp(), "convert-precision", ctx_options={"precision": "fp16"})
+    cand = tiny.save(fp16, tmp_path, "fp16")
+    out = tmp_path / "v.json"
+    assert main(["validate", ref, cand, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["rtol"] == 1e-3 and data["tolerance"].startswith("atol=max(0.0001, 0.001*max|ref|)")
+    assert data["outputs"][0]["atol"] >= 1e-4 and data["upcast"] == ""

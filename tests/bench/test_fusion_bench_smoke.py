@@ -46,7 +46,8 @@ def test_bench_cpu_and_optimized_dir(tmp_path, capsys):
     data = json.loads(out.read_text())
     (entry,) = data["models"]
     assert entry["native"] == {"layernorm": 0, "rmsnorm": 0, "gelu": 0, "attention": 0, "groupnorm": 0}
-    assert entry["tools"]["ours"]["counts"] == {"layernorm": 5, "rmsnorm": 0, "gelu": 2, "attention": 2, "groupnorm": 0}
+    # fp32 attention stays decomposed under the trt preset (no dedicated TensorRT kernel)
+    assert entry["tools"]["ours"]["counts"] == {"layernorm": 5, "rmsnorm": 0, "gelu": 2, "attention": 0, "groupnorm": 0}
     lat = entry["latency"]
     assert set(lat) == {"original", "ours", "ours-ort"}
     assert all(v["maxdiff"] < 1e-4 and v["median_ms"] > 0 for v in lat.values())

@@ -123,6 +123,12 @@ class TorchSample:
     legacy_opset: bool = False                     # also export <family>_ts_op14.onnx
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    # dynamo only: "dim" = one strict torch.export.Dim per dim name; "multiple" = derived dims
+    # k * Dim(f"{name}_div{k}") for the names in dynamo_dim_multiples, renamed back to the plain
+    # names in the ONNX graph (unet_dyn: plain Dims fail the guards that the pools + skip
+    # Concats put on height/width, and string/Dim.DYNAMIC dims crash torch's guard solver).
+    dynamo_dims: str = "dim"
+    dynamo_dim_multiples: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- models
@@ -325,6 +331,138 @@ def build_lstm():
     return TinyLSTM().eval()
 
 
+def _randomize_bn(m) -> None:
+    """Non-trivial BatchNorm statistics so that folding BN is numerically visible."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+
+
+def build_yolo():
+    import torch
+    from torch import nn
+
+    def cbs(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+    class TinyYOLO(nn.Module):
+        """3 stride-2 CBS stages (strides 2/4/8), nearest 2x upsample of the deepest feature,
+        skip Concat with the stride-4 stage, 1x1 head, YOLOv5-style decode with a grid
+        built from the runtime feature-map size (arange/meshgrid over h, w)."""
+
+        na, nc = 3, 4
+        stride = 4.0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.s1 = cbs(3, 8, stride=2)
+            self.s2 = cbs(8, 16, stride=2)
+            self.s3 = cbs(16, 32, stride=2)
+            self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+            self.head = nn.Conv2d(32 + 16, self.na * (5 + self.nc), 1)
+            # anchor sizes in pixels, one (w, h) pair per anchor
+            self.register_buffer("anchors", torch.tensor([[4.0, 5.0], [8.0, 10.0], [13.0, 16.0]]))
+
+        def forward(self, images):
+            f2 = self.s2(self.s1(images))
+            f3 = self.s3(f2)
+            p = self.head(torch.cat([self.up(f3), f2], dim=1))
+            b, _, h, w = p.shape
+            p = p.view(b, self.na, 5 + self.nc, h, w).permute(0, 1, 3, 4, 2)
+            yv, xv = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                                    torch.arange(w, dtype=torch.float32), indexing="ij")
+            grid = torch.stack((xv, yv), dim=2).view(1, 1, h, w, 2)
+            xy = (torch.sigmoid(p[..., 0:2]) * 2.0 - 0.5 + grid) * self.stride
+            wh = (torch.sigmoid(p[..., 2:4]) * 2.0) ** 2 * self.anchors.view(1, self.na, 1, 1, 2)
+            conf = torch.sigmoid(p[..., 4:])
+            return torch.cat([xy, wh, conf], dim=-1).reshape(b, -1, 5 + self.nc)
+
+    m = TinyYOLO()
+    _randomize_bn(m)
+    return m.eval()
+
+
+UNET_DYN_DOWNS = ("max", "conv", "max")     # per level: 2x2 MaxPool or 3x3 stride-2 Conv
+
+
+def build_unet_dyn():
+    import torch
+    from torch import nn
+
+    def down(kind: str, ch: int) -> nn.Module:
+        return nn.MaxPool2d(2) if kind == "max" else nn.Conv2d(ch, ch, 3, 2, 1)
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class TinyUNet(nn.Module):
+        """3 down levels (UNET_DYN_DOWNS: MaxPool / stride-2 Conv) and 3 up levels
+        (ConvTranspose2d, bilinear Upsample, ConvTranspose2d), each up level
+        concatenated with the encoder feature of the same resolution."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc0 = block(3, 8)                                              # H
+            self.down1 = down(UNET_DYN_DOWNS[0], 8)
+            self.enc1 = block(8, 16)                                             # H/2
+            self.down2 = down(UNET_DYN_DOWNS[1], 16)
+            self.enc2 = block(16, 32)                                            # H/4
+            self.down3 = down(UNET_DYN_DOWNS[2], 32)
+            self.mid = block(32, 32)                                             # H/8
+            self.up3 = nn.ConvTranspose2d(32, 32, 2, stride=2)                   # -> H/4
+            self.dec2 = block(32 + 32, 32)
+            self.up2 = nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False)  # -> H/2
+            self.dec1 = block(32 + 16, 16)
+            self.up1 = nn.ConvTranspose2d(16, 16, 2, stride=2)                   # -> H
+            self.dec0 = block(16 + 8, 8)
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            e0 = self.enc0(x)
+            e1 = self.enc1(self.down1(e0))
+            e2 = self.enc2(self.down2(e1))
+            m = self.mid(self.down3(e2))
+            d2 = self.dec2(torch.cat([self.up3(m), e2], dim=1))
+            d1 = self.dec1(torch.cat([self.up2(d2), e1], dim=1))
+            d0 = self.dec0(torch.cat([self.up1(d1), e0], dim=1))
+            return self.out(d0)
+
+    m = TinyUNet()
+    _randomize_bn(m)
+    return m.eval()
+
+
+def build_shape_arith():
+    from torch import nn
+
+    class ShapeArith(nn.Module):
+        """space-to-depth by reshape/permute (h // 2, w // 2), Conv, flatten to tokens,
+        Linear, and back to [b, c', h // 2, w // 2] from the *input* h, w."""
+
+        def __init__(self, c: int = 8, c_out: int = 16) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4 * c, c_out, 3, 1, 1)
+            self.act = nn.ReLU()
+            self.proj = nn.Linear(c_out, c_out)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+            x = self.act(self.conv(x))
+            c2 = x.shape[1]
+            t = self.proj(x.flatten(2).transpose(1, 2))                          # [b, h*w/4, c']
+            return t.transpose(1, 2).reshape(b, c2, h // 2, w // 2)
+
+    return ShapeArith().eval()
+
+
 def _text_dyn(names: list[str]) -> dict[str, dict[int, str]]:
     return {n: {0: "batch", 1: "seq"} for n in names}
 
@@ -374,6 +512,24 @@ SAMPLES: dict[str, TorchSample] = {
         output_names=["y"],
         dynamic={"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}},
         blocks={}),
+    "yolo": TorchSample(
+        family="yolo", build=build_yolo, seed=8,
+        inputs=[float_input("images", [1, 3, 64, 64])],
+        output_names=["detections"],
+        dynamic={"images": {0: "batch", 2: "height", 3: "width"}, "detections": {0: "batch", 1: "num_boxes"}},
+        blocks={}),
+    "unet_dyn": TorchSample(
+        family="unet_dyn", build=build_unet_dyn, seed=9,
+        inputs=[float_input("x", [1, 3, 64, 64])],
+        output_names=["y"],
+        dynamic={"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch", 2: "height", 3: "width"}},
+        blocks={}, dynamo_dims="multiple", dynamo_dim_multiples={"height": 8, "width": 8}),
+    "shape_arith": TorchSample(
+        family="shape_arith", build=build_shape_arith, seed=10,
+        inputs=[float_input("x", [1, 8, 32, 32])],
+        output_names=["y"],
+        dynamic={"x": {0: "batch", 2: "height", 3: "width"}, "y": {0: "batch", 2: "half_height", 3: "half_width"}},
+        blocks={}),
 }
 
 
@@ -400,7 +556,11 @@ def export_dynamo(sample: TorchSample, model, name: str) -> Path:
     dynamic_shapes = {}
     for inp in sample.inputs:
         axes = sample.dynamic.get(inp["name"], {})
-        dynamic_shapes[inp["name"]] = {ax: dims.setdefault(dn, torch.export.Dim(dn)) for ax, dn in axes.items()} or None
+        for dn in axes.values():
+            k = sample.dynamo_dim_multiples.get(dn) if sample.dynamo_dims == "multiple" else None
+            if dn not in dims:
+                dims[dn] = torch.export.Dim(f"{dn}_div{k}", min=1) * k if k else torch.export.Dim(dn)
+        dynamic_shapes[inp["name"]] = {ax: dims[dn] for ax, dn in axes.items()} or None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(model, args, dynamo=True, opset_version=DYNAMO_OPSET,
@@ -409,7 +569,27 @@ def export_dynamo(sample: TorchSample, model, name: str) -> Path:
                                  dynamic_shapes=dynamic_shapes,
                                  external_data=False, verbose=False)
     prog.save(str(path), external_data=False)
+    if sample.dynamo_dims == "multiple":
+        _rename_input_dims(path, sample)
     return path
+
+
+def _rename_input_dims(path: Path, sample: TorchSample) -> None:
+    """Give derived input dims (``8*height_div8``) their plain names everywhere in the graph."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    names: dict[str, str] = {}
+    for gi in model.graph.input:
+        for ax, dn in sample.dynamic.get(gi.name, {}).items():
+            d = gi.type.tensor_type.shape.dim[ax]
+            if d.dim_param and d.dim_param != dn:
+                names[d.dim_param] = dn
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in names:
+                d.dim_param = names[d.dim_param]
+    onnx.save_model(model, str(path), save_as_external_data=False)
 
 
 def record(entries: list[dict[str, Any]], name: str, source: str, exporter: str, opset: int,

@@ -1,20 +1,11 @@
-"""Cached analyses over a graph, invalidated whenever a pass changes it."""
+"""Graph analyses used by the rewrite driver."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Callable, TypeVar
 
 import onnx_graphsurgeon as gs
 
-if TYPE_CHECKING:
-    import networkx as nx
 
-T = TypeVar("T")
-
-
-class NxView:
-    """Data-flow successors over node positions, plus the node list; ``digraph`` is the same graph
-    as a networkx DiGraph, built on first use (networkx takes about 0.1 s to import, and the
-    rewrite driver only needs ``is_convex``)."""
+class Dataflow:
+    """Data-flow successors over node positions, plus the node list and each node's position."""
 
     def __init__(self, graph: gs.Graph) -> None:
         self.nodes: list[gs.Node] = list(graph.nodes)
@@ -32,18 +23,6 @@ class NxView:
                         out.append(j)
             succ.append(out)
         self.successors = succ
-        self._digraph: nx.DiGraph | None = None
-
-    @property
-    def digraph(self) -> nx.DiGraph:
-        if self._digraph is None:
-            import networkx as nx
-
-            g = nx.DiGraph()
-            g.add_nodes_from(range(len(self.nodes)))
-            g.add_edges_from((i, j) for i, out in enumerate(self.successors) for j in out)
-            self._digraph = g
-        return self._digraph
 
     def is_convex(self, members: set[int]) -> bool:
         """True when no path leaves ``members`` and comes back (fusing them would not make a cycle)."""
@@ -60,24 +39,3 @@ class NxView:
                     return False
                 frontier.append(s)
         return True
-
-
-class AnalysisManager:
-    """Caches analyses by type until the graph generation changes."""
-
-    def __init__(self) -> None:
-        self.generation = 0
-        self._cache: dict[type, tuple[int, object]] = {}
-
-    def get(self, kind: Callable[[gs.Graph], T], graph: gs.Graph) -> T:
-        hit = self._cache.get(kind)  # type: ignore[arg-type]
-        if hit is not None and hit[0] == self.generation:
-            return hit[1]  # type: ignore[return-value]
-        value = kind(graph)
-        self._cache[kind] = (self.generation, value)  # type: ignore[index]
-        return value
-
-    def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
-        kept = {k: (self.generation + 1, v[1]) for k, v in self._cache.items() if k.__name__ in preserved}
-        self.generation += 1
-        self._cache = kept

@@ -123,8 +123,7 @@ class PassManager:
             h.before(step, graph, ctx)
         start = time.perf_counter()
         try:
-            step.requires(graph, ctx)
-            result = step.run(graph, ctx)
+            result = step(graph, ctx)
         except SurgeryError:
             raise
         except Exception as exc:  # a bug in a pass: say which one, keep the cause chained
@@ -132,7 +131,6 @@ class PassManager:
         seconds = time.perf_counter() - start
         verified = False
         if result.changed:
-            ctx.analyses.invalidate(step.preserves)
             if self.verify_each:
                 try:
                     verify_graph(graph)

@@ -49,12 +49,24 @@ def get_pass(name: str, **options: Any) -> Pass:
     return cls(**options)
 
 
-def preset_pipeline(name: str) -> str:
+def preset_pipeline(name: str, emit: str | None = None) -> str:
+    """The preset's pipeline; with ``emit``, without the fusions that cannot emit that form (a preset
+    offers what each emit can do; a pipeline the user writes is refused instead, see ``parse_pipeline``)."""
     try:
-        return _PRESETS[name]
+        spec = _PRESETS[name]
     except KeyError:
         known = ", ".join(sorted(_PRESETS))
         raise UserInputError(f"unknown preset '{name}' (known: {known})") from None
+    if emit is None:
+        return spec
+    tokens = re.findall(r"fixpoint\(|\)|,|[^,()\s]+", spec)
+    kept = [t for t in tokens if t in ("fixpoint(", ")", ",") or not _PASSES[t].emits or emit in _PASSES[t].emits]
+    joined = "".join(kept)
+    while True:  # drop the commas and empty groups that removed passes leave behind
+        tidy = re.sub(r",{2,}", ",", joined).replace("(,", "(").replace(",)", ")").replace("fixpoint()", "").strip(",")
+        if tidy == joined:
+            return tidy
+        joined = tidy
 
 
 def _check_syntax(spec: str, tokens: list[str]) -> None:
@@ -73,9 +85,13 @@ def _check_syntax(spec: str, tokens: list[str]) -> None:
 
 
 def parse_pipeline(
-    spec: str, disabled: frozenset[str] = frozenset(), make: Callable[[str], Pass] = get_pass
+    spec: str, disabled: frozenset[str] = frozenset(), make: Callable[[str], Pass] = get_pass, emit: str | None = None,
 ) -> list[Pass | FixedPoint]:
-    """Turn a pipeline string into pass instances; passes named in ``disabled`` are dropped."""
+    """Turn a pipeline string into pass instances; passes named in ``disabled`` are dropped.
+
+    Refused with one line: a pass that cannot honour ``emit``, and a pass placed before one it
+    declares in ``runs_after``.
+    """
     tokens = re.findall(r"fixpoint\(|\)|,|[^,()\s]+", spec.replace(" ", ""))
     stack: list[list[Pass | FixedPoint]] = [[]]
     if "".join(tokens) != spec.replace(" ", ""):
@@ -101,4 +117,19 @@ def parse_pipeline(
     for name in disabled:
         if name not in _PASSES:
             raise UserInputError(f"unknown pass '{name}' in --disable (see `surgery list-passes`)")
+    _check_order_and_emit(stack[0], emit)
     return stack[0]
+
+
+def _check_order_and_emit(steps: list[Pass | FixedPoint], emit: str | None) -> None:
+    order = [p for s in steps for p in (s.passes if isinstance(s, FixedPoint) else [s])]
+    first = {}
+    for i, p in enumerate(order):
+        first.setdefault(p.name, i)
+    for i, p in enumerate(order):
+        if emit is not None and p.emits and emit not in p.emits:
+            raise UserInputError(f"{p.name} cannot emit {emit!r} (it emits {', '.join(p.emits)}): "
+                                 f"drop it from the pipeline or choose another --emit")
+        for before, why in p.runs_after.items():
+            if first.get(before, -1) > i:
+                raise UserInputError(f"pipeline runs {p.name} before {before}, but it must come after it: {why}")

@@ -1,25 +1,65 @@
-"""``PatternRewritePass``: the base of every fusion and replacement, built on ``gs.GraphPattern``.
+"""The rewrite contract shared by every fusion and replacement.
 
-``run`` collects all matches first, skips overlapping and non-convex ones, asks ``check`` for a
-whole-match verdict, raises the opset once if the pass needs it, then applies ``rewrite`` to the
-survivors and cleans up once.
+A rewrite pass is written as four steps; the driver here does the rest (collect every candidate
+before the graph changes, skip overlapping and non-convex matches, raise the opset once, apply, clean
+up once, report each site):
 
-``NodeRewritePass``: the same collect-then-apply contract for rewrites of one node at a time, judged
-by op type instead of a pattern.
+``prepare(graph, ctx) -> State``
+    Everything derived from the whole graph (the opset, which variants can occur, the emit). Returned,
+    never stored on the pass: a pass instance keeps no graph state between or during runs.
+``check(candidate, state) -> Plan | Reject``
+    Judge one candidate (a ``Match`` of a pattern, or one node) before anything changes. The plan
+    carries what the analysis found, so ``rewrite`` never repeats it; a ``Reject`` names the reason
+    and, where one is to blame, the offending tensor. ``NodeRewritePass.check`` may also return None
+    (not a candidate after all: no stat, no site).
+``rewrite(candidate, plan, state, names) -> list[gs.Node]``
+    Build the replacement nodes, which write the candidate's own output tensors.
+``site(nodes) -> str``
+    The name a report uses for the site (the first node by default).
+
+``PatternRewritePass`` finds candidates with ``gs.GraphPattern`` (``patterns(state)`` gives each
+pattern a name and a typed variant); ``NodeRewritePass`` takes every node whose op is in ``ops``.
 """
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import onnx_graphsurgeon as gs
 
-from surgery.analysis import NxView
-from surgery.errors import UserInputError
+from surgery.analysis import Dataflow
 from surgery.graph_utils import NameGen, disconnect, toposort
-from surgery.matching import entry_op, match_all  # noqa: F401  (re-exported; run() matches with it)
+from surgery.matching import match_all
 from surgery.opset import raise_opset, raise_refusal
 from surgery.pass_base import Pass, PassContext, PassResult
+
+
+class Reject(NamedTuple):
+    """Why a candidate is not rewritten: a kebab-case reason and, when one is to blame, the tensor."""
+
+    reason: str
+    tensor: gs.Tensor | None = None
+
+
+@dataclass
+class State:
+    """What ``prepare`` derived from the graph; subclass it (as a dataclass) to add fields.
+
+    ``notes`` collects remarks any step wants in the pass's report.
+    """
+
+    graph: gs.Graph
+    ctx: PassContext
+    notes: list[str] = field(default_factory=list, kw_only=True)
+
+    @property
+    def emit(self) -> str:
+        return self.ctx.options.emit
+
+
+S = TypeVar("S", bound=State)
+V = TypeVar("V")
 
 
 def mapping_nodes(m: gs.PatternMapping) -> list[gs.Node]:
@@ -34,91 +74,124 @@ def mapping_nodes(m: gs.PatternMapping) -> list[gs.Node]:
     return nodes
 
 
-class PatternRewritePass(Pass):
-    """Subclasses provide ``patterns`` (named variants), ``check`` and ``rewrite``.
+class Match(Generic[V]):
+    """One match of a pattern variant: the mapping, the variant's name and its typed parameters."""
 
-    ``anchor_ops`` names op types that every instance of the pattern contains; with ``--explain``
-    each anchor node not covered by any match is reported with ``unmatched_reason``.
-    ``emits``, when set, lists the values ``ctx.option("emit")`` may take; ``run`` refuses others.
-    ``required_opset`` names the default-domain opset the rewrites need: ``run`` raises the graph to it
-    once, before the first rewrite, and only when some match is accepted.
+    def __init__(self, mapping: gs.PatternMapping, key: str, variant: V) -> None:
+        self.mapping, self.key, self.variant = mapping, key, variant
+        self.nodes = mapping_nodes(mapping)
+
+    @property
+    def inputs(self) -> list[gs.Tensor]:
+        return self.mapping.inputs
+
+    @property
+    def outputs(self) -> list[gs.Tensor]:
+        return self.mapping.outputs
+
+    @property
+    def constants(self) -> dict[str, gs.Tensor]:
+        return self.mapping.constants
+
+    def get(self, name: str) -> gs.Node:
+        """The graph node bound to pattern node ``name``."""
+        return self.mapping.get(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.mapping
+
+
+class _RewriteDriver(Pass):
+    """What both rewrite bases share: ``prepare``, the site hook, reporting and the apply loop."""
+
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> State:
+        return State(graph, ctx)
+
+    @abstractmethod
+    def rewrite(self, candidate: Any, plan: Any, state: Any, names: NameGen) -> list[gs.Node]:
+        """Replacement nodes writing the candidate's own output tensors."""
+
+    def site(self, nodes: list[gs.Node]) -> str:
+        return nodes[0].name
+
+    def _reject(self, result: PassResult, found: Reject, site: str) -> None:
+        result.reject(found.reason, site, found.tensor.name if found.tensor is not None else None)
+
+    def _apply(self, graph: gs.Graph, accepted: list[tuple[Any, Any, list[gs.Node], str]], state: State,
+               result: PassResult) -> None:
+        names = NameGen(graph, self.name)
+        for candidate, plan, old, outcome in accepted:
+            new = self.rewrite(candidate, plan, state, names)
+            for node in new:
+                node.name = node.name or names()
+            kept = {id(n) for n in new} & {id(n) for n in old}
+            disconnect([n for n in old if id(n) not in kept])
+            graph.nodes.extend(n for n in new if id(n) not in kept)
+            result.apply(self.site(old), outcome)
+        if accepted:
+            toposort(graph.cleanup())
+        result.notes.extend(state.notes)
+
+
+class PatternRewritePass(_RewriteDriver, Generic[S, V]):
+    """Rewrites of ``gs.GraphPattern`` matches.
+
+    ``anchor_ops`` names op types every instance of the pattern contains; with ``--explain`` each
+    anchor node no match covered is reported with ``unmatched_reason``. ``required_opset`` names the
+    default-domain opset the replacements need: the graph is raised to it once, before the first
+    rewrite, and only when some match is accepted.
     """
 
     anchor_ops: ClassVar[tuple[str, ...]] = ()
-    emits: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        """Pattern variants by name, tried in order; the first match of a node wins."""
-
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        """Return None to accept the match, or a short kebab-case rejection reason."""
-        return None
+    def patterns(self, state: S) -> dict[str, tuple[gs.GraphPattern, V]]:
+        """Pattern variants by name with their typed parameters, tried in order; the first match of a node wins."""
 
     @abstractmethod
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        """Return replacement nodes that produce ``m.outputs`` (the match's own output tensors)."""
+    def check(self, m: Match[V], state: S) -> Any:
+        """The plan handed to ``rewrite``, or a ``Reject``."""
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        """The default-domain opset the replacement ops need, or None when any opset will do."""
+    def required_opset(self, state: S) -> int | None:
         return None
 
-    def emit(self, ctx: PassContext) -> str:
-        return ctx.option("emit", "onnx")
-
-    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+    def unmatched_reason(self, node: gs.Node, state: S) -> str:
         return "no-pattern-match"
 
-    def site_name(self, m: gs.PatternMapping) -> str:
-        return mapping_nodes(m)[0].name
-
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        if self.emits and self.emit(ctx) not in self.emits:
-            raise UserInputError(f"{self.name}: emit must be one of {', '.join(self.emits)}, got {self.emit(ctx)!r}")
+        state = self.prepare(graph, ctx)
         result = PassResult()
         used: set[int] = set()
-        accepted: list[tuple[gs.PatternMapping, str]] = []
-        view = NxView(graph)
-        target = self.required_opset(ctx)
+        accepted: list[tuple[Match, Any, list[gs.Node], str]] = []
+        flow = Dataflow(graph)
+        target = self.required_opset(state)
         raise_to = target if target is not None and int(graph.opset) < target else None
         refusal: str | None = None  # of the dry run; None until the first match that needs it
-        for variant, pattern in self.patterns(ctx).items():
+        for key, (pattern, variant) in self.patterns(state).items():
             with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-                matches = match_all(pattern, graph)
-            for m in matches:
-                nodes = mapping_nodes(m)
-                ids = {id(n) for n in nodes}
+                mappings = match_all(pattern, graph)
+            for mapping in mappings:
+                m = Match(mapping, key, variant)
+                ids = {id(n) for n in m.nodes}
                 if ids & used:
                     continue  # the same site already matched an earlier variant or overlaps an accepted match
                 result.stats["matched"] += 1
-                site = self.site_name(m)
-                members = {view.index[id(n)] for n in nodes}
-                reason = self.check(m, variant, graph, ctx)
-                if reason is None and not view.is_convex(members):
-                    reason = "non-convex"
-                if reason is None and raise_to is not None:
+                plan = self.check(m, state)
+                if not isinstance(plan, Reject) and not flow.is_convex({flow.index[i] for i in ids}):
+                    plan = Reject("non-convex")
+                if not isinstance(plan, Reject) and raise_to is not None:
                     refusal = self._dry_run_opset_raise(graph, raise_to, result) if refusal is None else refusal
-                    reason = "opset-raise-refused" if refusal else None
-                if reason:
-                    result.reject(reason, site)
+                    plan = Reject("opset-raise-refused") if refusal else plan
+                if isinstance(plan, Reject):
+                    self._reject(result, plan, self.site(m.nodes))
                     continue
                 used |= ids
-                accepted.append((m, variant))
+                accepted.append((m, plan, m.nodes, f"fused:{key}"))
         if accepted and raise_to is not None:
             self._raise_opset(graph, raise_to, result)
-        names = NameGen(graph, self.name)
-        for m, variant in accepted:
-            old = mapping_nodes(m)
-            new = self.rewrite(graph, m, variant, ctx, names)
-            for node in new:
-                node.name = node.name or names()
-            disconnect(old)
-            graph.nodes.extend(new)
-            result.apply(self.site_name_from(old), f"fused:{variant}")
-        if accepted:
-            graph.cleanup().toposort()
+        self._apply(graph, accepted, state, result)
         if self.name in ctx.explain:
-            self._explain_unmatched(graph, used, view, result)
+            self._explain_unmatched(used, flow, state, result)
         return result
 
     def _dry_run_opset_raise(self, graph: gs.Graph, target: int, result: PassResult) -> str:
@@ -136,71 +209,41 @@ class PatternRewritePass(Pass):
             raise RuntimeError(f"opset raise refused after a successful dry run: {refusal}")
         result.notes.append(f"opset raised {before} -> {target} for {self.name}")
 
-    def site_name_from(self, nodes: list[gs.Node]) -> str:
-        return nodes[0].name
-
-    def _explain_unmatched(self, graph: gs.Graph, used: set[int], view: NxView, result: PassResult) -> None:
+    def _explain_unmatched(self, used: set[int], flow: Dataflow, state: S, result: PassResult) -> None:
         reported = {s["site"] for s in result.sites}
-        for node in view.nodes:
+        for node in flow.nodes:
             if node.op in self.anchor_ops and id(node) not in used and node.name not in reported:
-                result.sites.append({"site": node.name, "outcome": "unmatched", "reason": self.unmatched_reason(node, graph)})
+                result.sites.append({"site": node.name, "outcome": "unmatched", "reason": self.unmatched_reason(node, state)})
 
 
-class NodeRewritePass(Pass):
-    """Subclasses provide ``ops``, ``decide`` and ``rewrite`` for rewrites of one node at a time.
+class NodeRewritePass(_RewriteDriver, Generic[S]):
+    """Rewrites of one node at a time, chosen by op type (``ops``) and domain (``domains``).
 
-    ``run`` asks ``decide`` about every node of the main graph whose op is in ``ops`` and whose domain
-    is in ``domains``, rejecting or collecting it, before anything changes; it then applies ``rewrite``
-    to each collected node, disconnects the node and runs one ``cleanup`` and toposort.
+    ``rewrite`` may list the candidate node itself among the new nodes to keep it, edited in place;
+    otherwise the driver disconnects it. ``outcome`` labels an applied site in the report.
     """
 
     ops: ClassVar[tuple[str, ...]] = ()
     domains: ClassVar[tuple[str, ...]] = ("", "ai.onnx")
 
     @abstractmethod
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> Any:
-        """Judge one candidate before the graph changes.
+    def check(self, node: gs.Node, state: S) -> Any:
+        """The plan handed to ``rewrite``, a ``Reject``, or None when the node is no candidate after all."""
 
-        Returns:
-            A kebab-case rejection reason (str), None when the node is no candidate after all (no stat,
-            no site), or anything else: the plan handed to ``rewrite``.
-        """
-
-    @abstractmethod
-    def rewrite(self, node: gs.Node, plan: Any, graph: gs.Graph, ctx: PassContext,
-                names: NameGen) -> tuple[list[gs.Node], str]:
-        """Build the replacement of ``node``.
-
-        Returns:
-            The new nodes, which write the node's own output tensors (``run`` adds them to the graph
-            in this order), and the outcome label of the site. Listing ``node`` itself keeps it,
-            edited in place; otherwise ``run`` disconnects it.
-        """
-
-    def record(self, result: PassResult, plan: Any) -> None:
-        """Add stats of an applied rewrite beyond ``applied`` (none by default)."""
+    def outcome(self, node: gs.Node, plan: Any) -> str:
+        return "rewritten"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        state = self.prepare(graph, ctx)
         result = PassResult()
-        accepted: list[tuple[gs.Node, Any]] = []
+        accepted: list[tuple[gs.Node, Any, list[gs.Node], str]] = []
         for node in graph.nodes:
             if node.op not in self.ops or (node.domain or "") not in self.domains:
                 continue
-            plan = self.decide(node, graph, ctx)
-            if isinstance(plan, str):
-                result.reject(plan, node.name)
+            plan = self.check(node, state)
+            if isinstance(plan, Reject):
+                self._reject(result, plan, self.site([node]))
             elif plan is not None:
-                accepted.append((node, plan))
-        names = NameGen(graph, self.name)
-        for node, plan in accepted:
-            new, outcome = self.rewrite(node, plan, graph, ctx, names)
-            if any(n is node for n in new):
-                new = [n for n in new if n is not node]
-            else:
-                disconnect([node])
-            graph.nodes.extend(new)
-            result.apply(node.name, outcome)
-            self.record(result, plan)
-        if accepted:
-            toposort(graph.cleanup())
+                accepted.append((node, plan, [node], self.outcome(node, plan)))
+        self._apply(graph, accepted, state, result)
         return result

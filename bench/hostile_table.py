@@ -18,12 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import passes  # noqa: E402
+from passes import presets  # noqa: E402
 from converter.backends import select_backend  # noqa: E402
 from converter.capability import CapabilityReport, check_model  # noqa: E402
 from converter.cli import main as surgery  # noqa: E402
 
-PIPELINE = f"{passes.REPLACE},cast-unsupported-dtypes,{passes.CLEANUP}"
+PIPELINE = f"{presets.REPLACE},cast-unsupported-dtypes,{presets.CLEANUP}"
 SAMPLES = ROOT / "sample_models"
 
 
@@ -43,7 +43,7 @@ def _fired(report_path: Path) -> str:
     import json
 
     data = json.loads(report_path.read_text())
-    names = [p["name"] for p in data["passes"] if p["changed"] and p["name"] not in passes.CLEANUP.split(",")]
+    names = [p["name"] for p in data["passes"] if p["changed"] and p["name"] not in presets.CLEANUP.split(",")]
     return ", ".join(dict.fromkeys(names)) or "—"
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx
 
+from passes import presets
 from surgery.errors import UserInputError
 from surgery.io import load_model, save_model, to_graph, to_model
 from surgery.paths import check_outputs, model_files
@@ -54,17 +55,21 @@ class _Progress(PassHook):
             print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
-def pipeline_spec(opts: OptimizeOptions) -> str:
-    spec = opts.passes if opts.passes else preset_pipeline(opts.preset)
-    if opts.input_shapes:
-        from passes import SHAPES_PREFIX
+def pipeline_spec(opts: OptimizeOptions) -> tuple[str, dict[str, str]]:
+    """The pipeline to run and the passes the options added to it, each with the flag that implies it.
 
-        spec = f"{SHAPES_PREFIX},{spec}"
-    if opts.precision:
-        spec = f"{spec},convert-precision"
-    if opts.extra.get("plugin_map") is not None and "map-plugins" not in spec:
-        spec = f"{spec},map-plugins"  # --plugin-map: map last, after the fusions whose nodes it may take
-    return spec
+    A preset offers what ``--emit`` can do (fusions that cannot emit it are left out); a ``--passes``
+    pipeline is taken as written and refused if a pass in it cannot honour ``--emit``.
+    """
+    spec = opts.passes if opts.passes else preset_pipeline(opts.preset, opts.emit)
+    added: dict[str, str] = {}
+    if opts.input_shapes and presets.SHAPES_PASS not in spec.split(","):
+        spec, added[presets.SHAPES_PASS] = f"{presets.SHAPES_PASS},{spec}", "--input-shapes"
+    if opts.precision and presets.PRECISION_PASS not in spec.split(","):
+        spec, added[presets.PRECISION_PASS] = f"{spec},{presets.PRECISION_PASS}", "--precision"
+    if opts.extra.get("plugin_map") is not None and presets.PLUGIN_MAP_PASS not in spec.split(","):
+        spec, added[presets.PLUGIN_MAP_PASS] = f"{spec},{presets.PLUGIN_MAP_PASS}", "--plugin-map"
+    return spec, added
 
 
 def input_specs(model: onnx.ModelProto, model_path: Path, opts: OptimizeOptions) -> list[InputSpec]:
@@ -90,7 +95,8 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     check_outputs(inputs, {"-o": dst, "-o's external data": data_file, "--report": opts.report},
                   {"--dump-dir": opts.dump_dir if opts.validate_each else None},
                   allow_overwrite=inputs if opts.in_place else ())
-    steps = parse_pipeline(pipeline_spec(opts), opts.disable)
+    spec, added = pipeline_spec(opts)
+    steps = parse_pipeline(spec, opts.disable, emit=opts.emit)
     unknown = sorted(set(opts.explain) - {p.name for p in list_passes()})
     if unknown:
         raise UserInputError(f"--explain: unknown pass '{unknown[0]}' (see `surgery list-passes`)")
@@ -103,7 +109,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
         options["input_shapes"] = opts.input_shapes
     if opts.precision:
         options.update(precision=opts.precision, keep_io_types=opts.keep_io_types)
-    ctx = PassContext(options=options, explain=opts.explain, dump_dir=opts.dump_dir)
+    ctx = PassContext(options=options, explain=opts.explain)
     hooks: list[PassHook] = [_Progress(len(steps))]
     guard = None
     if opts.validate_each:
@@ -121,7 +127,8 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     return {
         "input": str(loaded.path),
         "output": str(dst.resolve()),
-        "pipeline": pipeline_spec(opts),
+        "pipeline": spec,
+        "added_by_options": added,
         "emit": opts.emit,
         "load_notes": loaded.notes,
         "nodes_before": nodes_before,

@@ -16,6 +16,7 @@ from passes import (  # noqa: F401  (imported for registration)
     fuse_rotary,
     fuse_rmsnorm,
     fuse_skip_layernorm,
+    fuse_swish,
     infer_shapes,
     inline_constant_if,
     map_plugins,
@@ -29,20 +30,8 @@ from passes import (  # noqa: F401  (imported for registration)
     specialize_shapes,
     unroll_loop,
 )
+from passes.presets import PRESETS
 from surgery.registry import register_preset
 
-CLEANUP = "infer-shapes,fold-constants,remove-dead-nodes"
-# infer-shapes sits in the group because folding makes more shapes static, which in turn lets
-# fold-constants and eliminate-noops do more; without it a second run of the preset still changes things.
-SIMPLIFY = "fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,cse,fold-constants,remove-dead-nodes,infer-shapes)"
-# The CLI prepends this (with a comma) to the pipeline when --input-shapes is given.
-SHAPES_PREFIX = "specialize-shapes"
-register_preset("default", f"{CLEANUP},{SIMPLIFY}")
-# Replace what TensorRT cannot take: after CLEANUP (masks, trip counts and conditions are folded to
-# constants by then) and before SIMPLIFY, which tidies what the rewrites leave.
-REPLACE = ("rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,"
-           "normalize-resize,cast-unsupported-dtypes")
-# Fusions run after cleanup so dynamic-shape arithmetic is folded and chains are canonical; norms
-# before GELU/attention (fuse-rmsnorm refuses mean-centred inputs, so LayerNorm is never taken for it).
-FUSE = "fuse-layernorm,fuse-rmsnorm,fuse-groupnorm,fuse-gelu,canonicalize-attention-layout,fuse-rotary,fuse-attention,fuse-skip-layernorm"
-register_preset("trt", f"{CLEANUP},{REPLACE},{SIMPLIFY},{FUSE},{SIMPLIFY}")
+for _name, _spec in PRESETS.items():
+    register_preset(_name, _spec)

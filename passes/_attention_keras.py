@@ -5,18 +5,23 @@ Softmax on axis 2) and ``out = einsum("acbe,aecd->abcd", probs, value)``. tf2onn
 into Unsqueeze -> 5-D Transpose -> Reshape to [B*H, ., .] -> MatMul -> Reshape to 5-D -> Squeeze, with
 the Reshape targets computed at run time from ``Shape`` of the 5-D tensors when the batch is dynamic.
 
-Variants (``<q>/<targets>``): ``scaled`` (Mul on the query before the einsum, Keras' 1/√D) or
-``plain``; ``dynamic`` (the Reshape targets are tf2onnx's run-time Shape/Gather/ReduceProd/Max/Concat
-plumbing, matched with the site) or ``const`` (constant targets, e.g. after fold-constants).
+Variants are ``KerasVariant(scaled, dynamic)``, keyed ``<q>/<targets>:<order>``: ``scaled`` (Mul on the
+query before the einsum, Keras' 1/√D) or ``plain``; ``dynamic`` (the Reshape targets are tf2onnx's run-time
+Shape/Gather/ReduceProd/Max/Concat plumbing, matched with the site) or ``const`` (constant targets, e.g.
+after fold-constants).
 Node names: qs, <x>u/<x>t/<x>r (Unsqueeze, 5-D Transpose, Reshape for x in q,k,p,v), qrt, vrt, sc, sc5,
 sc4, sm, o, o5, out; dynamic plumbing <x>sh, <x>g, <x>pr, t<x>, sc5m/tsc5, o5m/to5.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import NamedTuple
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import commuted_patterns, const_value, scalar_value
+from surgery.rewrite import Match
 
 # (unsqueeze axis, transpose perm) of each 5-D operand; "p" is the softmax output
 LAYOUT = {"q": (1, [0, 3, 1, 2, 4]), "k": (2, [0, 3, 1, 2, 4]), "v": (2, [0, 3, 2, 4, 1]), "p": (2, [0, 1, 4, 2, 3])}
@@ -33,14 +38,41 @@ def _softmax_axis2(node: gs.Node) -> bool:
     return node.attrs.get("axis", -1) in (2, -2)
 
 
-def build_variants() -> dict[str, gs.GraphPattern]:
-    out: dict[str, gs.GraphPattern] = {}
-    for scaled in ("scaled", "plain"):
-        for targets in ("dynamic", "const"):
-            nodes, variables = _variant_nodes(scaled == "scaled", targets == "dynamic")
+class KerasVariant(NamedTuple):
+    """``scaled``: a Mul on the query before the einsum; ``dynamic``: run-time Reshape targets."""
+
+    scaled: bool
+    dynamic: bool
+
+    @property
+    def key(self) -> str:
+        return f"{'scaled' if self.scaled else 'plain'}/{'dynamic' if self.dynamic else 'const'}"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The pattern's variable names, in the order of ``Match.inputs``."""
+        return _variables(self.scaled, self.dynamic)
+
+    def input(self, m: Match, name: str) -> gs.Tensor:
+        return m.inputs[self.variables.index(name)]
+
+
+@lru_cache(maxsize=1)
+def build_variants() -> dict[str, tuple[gs.GraphPattern, KerasVariant]]:
+    """Every variant and operand order by pattern key; patterns are immutable, so every run shares them."""
+    out: dict[str, tuple[gs.GraphPattern, KerasVariant]] = {}
+    for scaled in (True, False):
+        for dynamic in (True, False):
+            variant = KerasVariant(scaled, dynamic)
+            nodes, variables = _variant_nodes(scaled, dynamic)
             for order, pattern in commuted_patterns(variables, nodes, ["out"], COMMUTATIVE):
-                out[f"{scaled}/{targets}:{order}"] = pattern
+                out[f"{variant.key}:{order}"] = (pattern, variant)
     return out
+
+
+@lru_cache(maxsize=None)
+def _variables(scaled: bool, dynamic: bool) -> tuple[str, ...]:
+    return tuple(_variant_nodes(scaled, dynamic)[1])
 
 
 def _variant_nodes(scaled: bool, dynamic: bool) -> tuple[list[tuple], list[str]]:
@@ -86,18 +118,9 @@ def _variant_nodes(scaled: bool, dynamic: bool) -> tuple[list[tuple], list[str]]
     return nodes, variables
 
 
-def parse_variant(variant: str) -> tuple[bool, bool]:
-    scaled, targets = variant.split(":")[0].split("/")
-    return scaled == "scaled", targets == "dynamic"
-
-
-def variant_variables(variant: str) -> list[str]:
-    return _variant_nodes(*parse_variant(variant))[1]
-
-
-def dims(m: gs.PatternMapping, variables: list[str]) -> dict[str, int | None] | None:
+def dims(m: Match[KerasVariant]) -> dict[str, int | None] | None:
     """Sq, Sk, H, D, Dv read off Q [B,Sq,H,D], K [B,Sk,H,D], V [B,Sk,H,Dv]; None unless H, D, Dv are static."""
-    shapes = [m.inputs[variables.index(n)].shape for n in ("q", "k", "v")]
+    shapes = [m.variant.input(m, n).shape for n in ("q", "k", "v")]
     if any(s is None or len(s) != 4 for s in shapes):
         return None
     (_, sq, h, d), (_, sk, hk, dk), (_, skv, hv, dv) = shapes
@@ -112,21 +135,25 @@ def dims(m: gs.PatternMapping, variables: list[str]) -> dict[str, int | None] | 
     return {"Sq": static(sq), "Sk": sk, "H": h, "D": d, "Dv": dv}
 
 
-def axes_ok(m: gs.PatternMapping) -> bool:
-    """Unsqueeze axes as LAYOUT says and both Squeezes drop the trailing unit axis (4 or -1)."""
-    if any(_ints(m.constants[f"{n}ax"]) != [LAYOUT[n][0]] for n in LAYOUT):
-        return False
-    return all(_ints(t) in ([4], [-1]) for t in (m.constants["scax"], m.inputs[0]))
+def bad_axes(m: Match[KerasVariant]) -> gs.Tensor | None:
+    """The first axes tensor that is off: Unsqueeze axes as LAYOUT says, both Squeezes dropping the trailing
+    unit axis (4 or -1); None when all are right."""
+    bad = next((m.constants[f"{n}ax"] for n in LAYOUT if _ints(m.constants[f"{n}ax"]) != [LAYOUT[n][0]]), None)
+    if bad is not None:
+        return bad
+    return next((t for t in (m.constants["scax"], m.variant.input(m, "oax")) if _ints(t) not in ([4], [-1])), None)
 
 
-def targets_ok(m: gs.PatternMapping, variables: list[str], d: dict[str, int | None], dynamic: bool) -> bool:
-    """Every Reshape target provably folds [B,H] into one dim (or unfolds it) and keeps the rest.
+def unproven_target(m: Match[KerasVariant], d: dict[str, int | None]) -> gs.Tensor | None:
+    """The first Reshape target not proven to fold [B,H] into one dim (or unfold it) and keep the rest;
+    None when every one is.
 
     Dynamic plumbing: Gather indices [0,1] on axis 0, a full Shape, ReduceProd over everything with
     keepdims, Concat on axis 0; constant targets: the leading entries equal the static B*H (or B, H).
     Either way the trailing entries equal the static dims, with at most one -1 (the element count
     then fixes it).
     """
+    dynamic = m.variant.dynamic
     tails = {"q": [d["Sq"], d["D"]], "k": [d["Sk"], d["D"]], "v": [d["Dv"], d["Sk"]], "p": [d["Sq"], d["Sk"]],
              "sc5": [d["Sk"], d["Sq"], 1], "o5": [d["Sq"], d["Dv"], 1]}
     for name, tail in tails.items():
@@ -142,11 +169,11 @@ def targets_ok(m: gs.PatternMapping, variables: list[str], d: dict[str, int | No
             ok = head is not None and entries is not None and entries[:lead] == head
             entries = entries[lead:] if ok else []
         if not ok or not _tail_ok(entries, tail):
-            return False
-    return True
+            return reshape.inputs[1]
+    return None
 
 
-def _plumbing_ok(m: gs.PatternMapping, name: str) -> bool:
+def _plumbing_ok(m: Match[KerasVariant], name: str) -> bool:
     concat = m.get(f"t{name}")
     if int(concat.attrs.get("axis", 0)) != 0:
         return False
@@ -176,5 +203,5 @@ def _ints(t: gs.Tensor) -> list[int] | None:
     return None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
 
 
-def scale(m: gs.PatternMapping, scaled: bool) -> float | None:
-    return scalar_value(m.constants["qscale"]) if scaled else 1.0
+def scale(m: Match[KerasVariant]) -> float | None:
+    return scalar_value(m.constants["qscale"]) if m.variant.scaled else 1.0

@@ -1,6 +1,6 @@
 """Pattern variants for ``fuse-attention`` (the scaled-dot-product core) and the helpers that read a match.
 
-A variant name is ``<qk>/<scale>/<mask>/<casts>:<order>``:
+A variant is a ``Variant(qk, scale, mask, casts)``; its pattern key is ``<qk>/<scale>/<mask>/<casts>:<order>``:
 
 - ``qk``: ``kt`` (K is [B,H,S,D], transposed by perm 0,1,3,2), ``kbshd`` (K is [B,S,H,D], transposed by
   perm 0,2,3,1 straight from the head split) or ``gqa`` (K and V are [B,Hkv,S,D] repeated to H heads by
@@ -15,18 +15,46 @@ A variant name is ``<qk>/<scale>/<mask>/<casts>:<order>``:
 from __future__ import annotations
 
 import itertools
+from functools import lru_cache
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import commuted_patterns, const_value, scalar_value
+from surgery.rewrite import Match
 
-QK_FORMS = ("gqa", "kt", "kbshd")  # gqa first: it covers the larger site
-SCALES = ("both", "qmul", "qdiv", "mul", "div", "none")  # Q-side scales first: "none" would match with Q = Q·c
-MASKS = ("none", "add", "where", "where-inv")
+QkForm = Literal["gqa", "kt", "kbshd"]
+ScaleForm = Literal["both", "qmul", "qdiv", "mul", "div", "none"]
+MaskForm = Literal["none", "add", "where", "where-inv"]
+QK_FORMS: tuple[QkForm, ...] = get_args(QkForm)  # gqa first: it covers the larger site
+SCALES: tuple[ScaleForm, ...] = get_args(ScaleForm)  # Q-side scales first: "none" would match with Q = Q·c
+MASKS: tuple[MaskForm, ...] = get_args(MaskForm)
 MAX_CASTS = 2
 _PERM_KT = [0, 1, 3, 2]
 _PERM_KBSHD = [0, 2, 3, 1]
+
+
+class Variant(NamedTuple):
+    """One form of the attention core: how K arrives, where the scale sits, the mask, the Casts after Softmax."""
+
+    qk: QkForm
+    scale: ScaleForm
+    mask: MaskForm
+    casts: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.qk}/{self.scale}/{self.mask}/{self.casts}"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The pattern's variable names, in the order of ``Match.inputs``."""
+        return _nodes_and_variables(self)[1]
+
+    def input(self, m: Match, name: str) -> gs.Tensor:
+        """The graph tensor bound to variable ``name`` (q, k, v, mask, ...)."""
+        return m.inputs[self.variables.index(name)]
 
 
 def _perm(perm: list[int]):
@@ -37,19 +65,28 @@ def _softmax_last(node: gs.Node) -> bool:
     return node.attrs.get("axis", -1) in (-1, 3)
 
 
-def build_variants(ops_present: set[str]) -> dict[str, gs.GraphPattern]:
-    """All core variants whose ops all occur in the graph (cheap pruning of the variant product)."""
-    out: dict[str, gs.GraphPattern] = {}
-    for qk, scale, mask, casts in itertools.product(QK_FORMS, SCALES, MASKS, range(MAX_CASTS + 1)):
-        nodes, variables = _variant_nodes(qk, scale, mask, casts)
+def build_variants(ops_present: frozenset[str]) -> dict[str, tuple[gs.GraphPattern, Variant]]:
+    """All core variants whose ops all occur in the graph (cheap pruning of the variant product), by pattern key."""
+    out: dict[str, tuple[gs.GraphPattern, Variant]] = {}
+    for form in itertools.product(QK_FORMS, SCALES, MASKS, range(MAX_CASTS + 1)):
+        variant = Variant(*form)
+        nodes, _ = _nodes_and_variables(variant)
         if not {n[1] for n in nodes} <= ops_present:
             continue
-        for order, pattern in commuted_patterns(variables, nodes, ["out"]):
-            out[f"{qk}/{scale}/{mask}/{casts}:{order}"] = pattern
+        out.update((f"{variant.key}:{order}", (pattern, variant)) for order, pattern in _patterns(variant))
     return out
 
 
-def _variant_nodes(qk: str, scale: str, mask: str, casts: int) -> tuple[list[tuple], list[str]]:
+@lru_cache(maxsize=None)
+def _patterns(variant: Variant) -> tuple[tuple[str, gs.GraphPattern], ...]:
+    """Every operand order of one variant; patterns are immutable, so every run shares them."""
+    nodes, variables = _nodes_and_variables(variant)
+    return tuple(commuted_patterns(list(variables), list(nodes), ["out"]))
+
+
+@lru_cache(maxsize=None)
+def _nodes_and_variables(variant: Variant) -> tuple[list[tuple], tuple[str, ...]]:
+    qk, scale, mask, casts = variant
     variables = ["q", "k", "v"]
     nodes: list[tuple] = []
     q = "q"
@@ -86,15 +123,10 @@ def _variant_nodes(qk: str, scale: str, mask: str, casts: int) -> tuple[list[tup
         nodes += [("vu", "Unsqueeze", ["v", "$vaxes"]), ("ve", "Expand", ["vu", "vexp"]), ("vr", "Reshape", ["ve", "vshape"])]
         v = "vr"
     nodes.append(("out", "MatMul", [last, v]))
-    return nodes, variables
+    return nodes, tuple(variables)
 
 
-def parse_variant(variant: str) -> tuple[str, str, str, int]:
-    qk, scale, mask, casts = variant.split(":")[0].split("/")
-    return qk, scale, mask, int(casts)
-
-
-def scale_of(m: gs.PatternMapping, scale: str) -> float | None:
+def scale_of(m: Match, scale: ScaleForm) -> float | None:
     """The softmax scale the matched subgraph applies to Q·K^T (1.0 when none), or None if not scalar."""
     if scale == "none":
         return 1.0
@@ -108,13 +140,10 @@ def scale_of(m: gs.PatternMapping, scale: str) -> float | None:
     return 1.0 / value if scale in ("div", "qdiv") else value
 
 
-def mapping_input(m: gs.PatternMapping, variables: list[str], name: str) -> gs.Tensor:
-    return m.inputs[variables.index(name)]
-
-
-def variant_variables(variant: str) -> list[str]:
-    qk, scale, mask, casts = parse_variant(variant)
-    return _variant_nodes(qk, scale, mask, casts)[1]
+def scale_constant(m: Match) -> gs.Tensor | None:
+    """The scale constant ``scale_of`` could not use (the first when each is fine on its own)."""
+    found = [m.constants[n] for n in ("scale", "qscale", "kscale") if n in m.constants]
+    return next((t for t in found if scalar_value(t) in (None, 0)), found[0] if found else None)
 
 
 def is_large_negative(t: gs.Tensor) -> bool:

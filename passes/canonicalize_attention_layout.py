@@ -4,7 +4,7 @@ Summary:
     tf2onnx lowers Keras MHA's einsums into 5-D Unsqueeze/Transpose/Reshape chains around two 3-D
     MatMuls, with transposed scores [B,H,Sk,Sq] and Softmax on axis 2, which ``fuse-attention`` does
     not recognise. This pass rewrites each such core into the [B,H,S,D] form that ``fuse-attention``
-    matches (variant ``kbshd``): it runs just before ``fuse-attention`` in the ``trt`` preset. On its
+    matches (variant ``kbshd``), so ``fuse-attention`` must run after it (its ``runs_after``). On its
     own it replaces 43 nodes (5-D layout ops and their run-time shape plumbing) by 7 per dynamic-batch site.
 
 Matches (variants in passes/_attention_keras.py)::
@@ -35,48 +35,51 @@ Numerics:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import onnx_graphsurgeon as gs
 
 from passes import _attention_keras as ak
 from surgery.graph_utils import NameGen
-from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
+
+
+class KerasPlan(NamedTuple):
+    """The head-split Q [B,Sq,H,D], K [B,Sk,H,D] and V [B,Sk,H,Dv] the 4-D form is built from."""
+
+    q: gs.Tensor
+    k: gs.Tensor
+    v: gs.Tensor
 
 
 @register_pass
-class CanonicalizeAttentionLayoutPass(PatternRewritePass):
+class CanonicalizeAttentionLayoutPass(PatternRewritePass[State, ak.KerasVariant]):
+    """Variants are ``ak.KerasVariant``; the pattern key (``<q>/<targets>:<order>``) is the outcome."""
+
     name = "canonicalize-attention-layout"
     summary = "Rewrite tf2onnx's 5-D Keras MultiHeadAttention core into the 4-D [B,H,S,D] form fuse-attention matches"
-    tags = frozenset({"canonicalize"})
     anchor_ops = ("Softmax",)
 
-    def __init__(self) -> None:
-        self._patterns: dict[str, gs.GraphPattern] | None = None
+    def patterns(self, state: State) -> dict[str, tuple[gs.GraphPattern, ak.KerasVariant]]:
+        return ak.build_variants()
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        if self._patterns is None:
-            self._patterns = ak.build_variants()
-        return self._patterns
-
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        scaled, dynamic = ak.parse_variant(variant)
-        names = ak.variant_variables(variant)
-        d = ak.dims(m, names)
+    def check(self, m: Match[ak.KerasVariant], state: State) -> KerasPlan | Reject:
+        d = ak.dims(m)
         if d is None:
-            return "dims-unknown"
-        if not ak.axes_ok(m):
-            return "axes-mismatch"
-        if not ak.targets_ok(m, names, d, dynamic):
-            return "target-unproven"
-        if ak.scale(m, scaled) is None:
-            return "scale-not-scalar"
-        return None
+            return Reject("dims-unknown")
+        bad = ak.bad_axes(m)
+        if bad is not None:
+            return Reject("axes-mismatch", bad)
+        bad = ak.unproven_target(m, d)
+        if bad is not None:
+            return Reject("target-unproven", bad)
+        if ak.scale(m) is None:
+            return Reject("scale-not-scalar", m.constants["qscale"])
+        return KerasPlan(*(m.variant.input(m, n) for n in ("q", "k", "v")))
 
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        scaled, _ = ak.parse_variant(variant)
-        var = ak.variant_variables(variant)
-        q, k, v = (m.inputs[var.index(n)] for n in ("q", "k", "v"))
+    def rewrite(self, m: Match[ak.KerasVariant], plan: KerasPlan, state: State, names: NameGen) -> list[gs.Node]:
+        q, k, v = plan
         new: list[gs.Node] = []
 
         def node(op, ins, shape, attrs=None, out=None, name=None):
@@ -87,7 +90,7 @@ class CanonicalizeAttentionLayoutPass(PatternRewritePass):
 
         (b, sq, h, d), (_, sk, _, _) = q.shape, k.shape
         qh = node("Transpose", [q], [b, h, sq, d], {"perm": [0, 2, 1, 3]})
-        if scaled:
+        if m.variant.scaled:
             qh = node("Mul", [qh, m.constants["qscale"]], [b, h, sq, d])
         kt = node("Transpose", [k], [b, h, d, sk], {"perm": [0, 2, 3, 1]})
         scores = node("MatMul", [qh, kt], [b, h, sq, sk])
@@ -96,7 +99,7 @@ class CanonicalizeAttentionLayoutPass(PatternRewritePass):
         node("MatMul", [probs, vh], None, out=m.outputs[0])
         return new
 
-    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+    def unmatched_reason(self, node: gs.Node, state: State) -> str:
         axis = node.attrs.get("axis", -1)
         if axis in (-1, 3) or (axis == 1 and node.inputs[0].shape is not None and len(node.inputs[0].shape) == 2):
             return "already-canonical (Softmax on the last axis)"
@@ -104,8 +107,5 @@ class CanonicalizeAttentionLayoutPass(PatternRewritePass):
         return (f"no-keras-einsum-pattern (Softmax axis {axis} fed by {prev}; expected the tf2onnx Keras MHA chain "
                 "MatMul -> Reshape5 -> Squeeze -> Softmax(2) -> Unsqueeze -> Transpose5 with its Shape plumbing)")
 
-    def site_name(self, m: gs.PatternMapping) -> str:
-        return m.get("sm").name
-
-    def site_name_from(self, nodes: list[gs.Node]) -> str:
+    def site(self, nodes: list[gs.Node]) -> str:
         return next((n.name for n in nodes if n.op == "Softmax"), nodes[0].name)

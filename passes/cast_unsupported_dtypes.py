@@ -27,7 +27,6 @@ Numerics: bit-exact for every rewrite.
 """
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import onnx
@@ -38,8 +37,6 @@ from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
 __all__ = ["CastUnsupportedDtypesPass"]
-
-log = logging.getLogger(__name__)
 
 T = onnx.TensorProto
 UNSUPPORTED = {T.DOUBLE, T.INT16, T.UINT16, T.UINT32, T.UINT64, T.UINT8}

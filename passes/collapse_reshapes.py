@@ -2,7 +2,7 @@
 
 Summary: Reshape, Flatten, Squeeze and Unsqueeze only reinterpret the shape, so a chain of two of
 them equals one Reshape from the chain's input to the chain's output shape. Chains longer than two
-are collapsed within one run; a resulting Reshape that changes nothing is left to eliminate-noops.
+are collapsed within one run (``until_stable``); a resulting Reshape that changes nothing is left to eliminate-noops.
 
 Matches (first, second ∈ {Reshape, Flatten, Squeeze, Unsqueeze}):
     x → first → t → Reshape(s) → y          ⇒   x → Reshape(s') → y
@@ -22,31 +22,51 @@ Numerics: exact (no data changes).
 """
 from __future__ import annotations
 
-import logging
+from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes._noop_rules import const_ints, present, reshape_like_out, static_shape
-from passes._repeat import run_until_stable
 from surgery.graph_utils import NameGen
-from surgery.pass_base import PassContext, PassResult
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass, mapping_nodes
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 __all__ = ["CollapseReshapesPass"]
 
-log = logging.getLogger(__name__)
 
-# (op, input count): the forms a reshape-family node takes across opsets.
-_FORMS = (("Reshape", 2), ("Flatten", 1), ("Squeeze", 1), ("Squeeze", 2), ("Unsqueeze", 2), ("Unsqueeze", 1))
+class _Form(NamedTuple):
+    """A reshape-family node as it appears in some opset: its op and input count."""
+
+    op: str
+    arity: int
 
 
-def _pattern(first: tuple[str, int], second: tuple[str, int]) -> gs.GraphPattern:
+class _Pair(NamedTuple):
+    """The variant: the forms of the first and second node."""
+
+    first: _Form
+    second: _Form
+
+
+class _Target(NamedTuple):
+    """The plan: the merged Reshape's shape and allowzero flag."""
+
+    shape: list[int]
+    allowzero: bool
+
+
+_FORMS = (_Form("Reshape", 2), _Form("Flatten", 1), _Form("Squeeze", 1), _Form("Squeeze", 2), _Form("Unsqueeze", 2),
+          _Form("Unsqueeze", 1))
+
+
+@cache  # patterns are immutable: every sweep and pass instance shares them
+def _pattern(pair: _Pair) -> gs.GraphPattern:
     p = gs.GraphPattern()
     x = p.variable()
-    t = p.add("first", first[0], inputs=[x] + [p.variable() for _ in range(first[1] - 1)])
-    y = p.add("second", second[0], inputs=[t] + [p.variable() for _ in range(second[1] - 1)])
+    t = p.add("first", pair.first.op, inputs=[x] + [p.variable() for _ in range(pair.first.arity - 1)])
+    y = p.add("second", pair.second.op, inputs=[t] + [p.variable() for _ in range(pair.second.arity - 1)])
     p.set_output_tensors([y])
     return p
 
@@ -60,52 +80,51 @@ def _mid_shape(first: gs.Node) -> list:
     return list(first.outputs[0].shape) if first.outputs[0].shape is not None else []
 
 
-def _target(first: gs.Node, second: gs.Node) -> tuple[list[int], bool] | str:
-    """The merged Reshape's shape and allowzero flag, or a rejection reason."""
+def _target(first: gs.Node, second: gs.Node) -> _Target | Reject:
+    """The merged Reshape's shape and allowzero flag, or why there is none."""
     if second.op == "Reshape":
         shape = const_ints(present(second, 1))
         if shape is None:
-            return "shape-not-constant"
+            return Reject("shape-not-constant", present(second, 1))
         allowzero = bool(second.attrs.get("allowzero", 0))
         if allowzero or 0 not in shape:
-            return shape, allowzero and 0 in shape
+            return _Target(shape, allowzero and 0 in shape)
         mid = _mid_shape(first)
         resolved = []
         for i, d in enumerate(shape):
             if d == 0:
                 if i >= len(mid) or not isinstance(mid[i], (int, np.integer)) or mid[i] < 0:
-                    return "copy-dim-unknown"
+                    return Reject("copy-dim-unknown", first.outputs[0])
                 d = int(mid[i])
             resolved.append(d)
-        return resolved, False
+        return _Target(resolved, False)
     x_shape = static_shape(first.inputs[0])
     mid = reshape_like_out(first, x_shape) if x_shape is not None else None
     out = reshape_like_out(second, mid) if mid is not None else None
-    return "shape-unknown" if out is None else (out, False)
+    if out is None:
+        return Reject("shape-unknown", first.inputs[0] if x_shape is None else None)
+    return _Target(out, False)
 
 
 @register_pass
-class CollapseReshapesPass(PatternRewritePass):
+class CollapseReshapesPass(PatternRewritePass[State, _Pair]):
+    """Pattern names are ``<op><arity>><op><arity>`` (e.g. ``Reshape2>Flatten1``); the variant holds both forms."""
+
     name = "collapse-reshapes"
     summary = "Collapse chains of Reshape/Flatten/Squeeze/Unsqueeze into a single Reshape."
     anchor_ops = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+    until_stable = True
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        return {f"{a[0]}{a[1]}>{b[0]}{b[1]}": _pattern(a, b) for a in _FORMS for b in _FORMS}
+    def patterns(self, state: State) -> dict[str, tuple[gs.GraphPattern, _Pair]]:
+        pairs = [_Pair(a, b) for a in _FORMS for b in _FORMS]
+        return {f"{p.first.op}{p.first.arity}>{p.second.op}{p.second.arity}": (_pattern(p), p) for p in pairs}
 
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        target = _target(m.get("first"), m.get("second"))
-        return target if isinstance(target, str) else None
+    def check(self, m: Match[_Pair], state: State) -> _Target | Reject:
+        return _target(m.get("first"), m.get("second"))
 
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        first, second = mapping_nodes(m)
-        target = _target(first, second)
-        assert not isinstance(target, str)  # check() accepted this match
-        shape, allowzero = target
+    def rewrite(self, m: Match[_Pair], plan: _Target, state: State, names: NameGen) -> list[gs.Node]:
+        first, second = m.get("first"), m.get("second")
         name = names()
-        const = gs.Constant(f"{name}/shape", np.array(shape, dtype=np.int64))
-        attrs = {"allowzero": 1} if allowzero else {}
+        const = gs.Constant(f"{name}/shape", np.array(plan.shape, dtype=np.int64))
+        attrs = {"allowzero": 1} if plan.allowzero else {}
         return [gs.Node("Reshape", name=name, attrs=attrs, inputs=[first.inputs[0], const], outputs=[second.outputs[0]])]
-
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        return run_until_stable(super().run, graph, ctx)

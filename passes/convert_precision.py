@@ -56,16 +56,15 @@ POLYMORPHIC = frozenset(
 class ConvertPrecisionPass(Pass):
     name = "convert-precision"
     summary = "Run float32 compute in fp16/bf16 with fp32 islands for normalizations and large constants."
-    tags = frozenset({"precision"})
     tolerance = (1e-2, 1e-2)
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
-        if ctx.option("precision", "fp16") not in _TYPES:
-            raise PreconditionError(f"precision must be fp16 or bf16, got {ctx.option('precision')!r}")
+        if (ctx.options.precision or "fp16") not in _TYPES:
+            raise PreconditionError(f"precision must be fp16 or bf16, got {ctx.options.precision!r}")
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        precision = ctx.option("precision", "fp16")
-        keep_io = bool(ctx.option("keep_io_types", True))
+        precision = ctx.options.precision or "fp16"
+        keep_io = ctx.options.keep_io_types
         result = PassResult()
         dtypes = _float_types(graph)
         is_f32 = lambda t: dtypes.get(t.name) == onnx.TensorProto.FLOAT  # noqa: E731

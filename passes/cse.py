@@ -22,7 +22,6 @@ Numerics: exact (the same computation on the same values).
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -34,8 +33,6 @@ from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
 __all__ = ["CsePass"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONST_BYTES = 1 << 20
 _RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"})
@@ -94,7 +91,7 @@ class CsePass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        limit = ctx.option("cse_max_const_bytes", self.max_const_bytes)
+        limit = self.max_const_bytes if ctx.options.cse_max_const_bytes is None else ctx.options.cse_max_const_bytes
         toposort(graph)
         replace = self._dedupe_constants(graph, limit, result)
         dups, outputs = self._find_duplicates(graph, replace, limit, result)

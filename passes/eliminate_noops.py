@@ -26,7 +26,6 @@ Only nodes of the main graph in the default ONNX domain are considered; subgraph
 """
 from __future__ import annotations
 
-import logging
 
 import onnx_graphsurgeon as gs
 
@@ -36,8 +35,6 @@ from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
 __all__ = ["EliminateNoopsPass"]
-
-log = logging.getLogger(__name__)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 

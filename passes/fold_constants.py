@@ -262,7 +262,7 @@ class FoldConstantsPass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
         before = node_signatures(graph)
-        threshold = ctx.option("fold_size_threshold", self.size_threshold)
+        threshold = self.size_threshold if ctx.options.fold_size_threshold is None else ctx.options.fold_size_threshold
         too_big = _materialize_small_external(graph, threshold)
         result.stats["sliced-shapes"] = _fix_sliced_shapes(graph)
         def exclude(node: gs.Node) -> bool:

@@ -3,7 +3,7 @@
 Summary:
     Matches the SDPA core from the head-split tensors Q, K, V ([B,H,S,D]) to its output [B,H,Sq,Dv];
     the Q/K/V projections, head split/merge Reshape/Transposes and any rotary embedding around Q and K
-    stay as they are (rotary outputs simply become the Q/K inputs). ``ctx.option("emit", "onnx")``:
+    stay as they are (rotary outputs simply become the Q/K inputs). ``ctx.options.emit``:
 
     - ``onnx``: ``Attention`` (opset 23) following TensorRT's rules: 4-D Q/K/V, the scale as the
       ``scale`` attribute (always set: the default would be 1/√D), no KV-cache inputs or outputs, the
@@ -23,10 +23,11 @@ Matches (variants in passes/_attention_match.py)::
       -> Attention(Q, K', V, [mask], scale=c, [is_causal])      K' = K, K^T of [B,S,H,D], or un-repeated KV
 
 Requires:
-    onnx emit: the opset raised to 23 (once per run, before the first rewrite).
+    onnx emit: the opset raised to 23 (once per run, before the first rewrite). Runs after
+    canonicalize-attention-layout when both are in a pipeline (``runs_after``).
 
 Rejects:
-    no-dedicated-kernel (onnx emit for TensorRT, ``ctx.option("attention_kernels") == "tensorrt"`` as the
+    no-dedicated-kernel (onnx emit for TensorRT, ``ctx.options.attention_kernels == "tensorrt"`` as the
     trt preset sets it: fp32 attention has no dedicated TensorRT kernel, and a plain build of an fp32
     ``Attention`` fails, so the MatMul-Softmax-MatMul form is kept; with ``--precision fp16/bf16`` it
     fuses), scale-not-scalar, fill-not-large-negative (Where mask), cast-changes-dtype, cast-dtype-unknown (run
@@ -54,7 +55,9 @@ TensorRT-RTX 1.7 (checked on CPU, see tests/passes/test_attention_fusions_on_sam
 """
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -62,10 +65,10 @@ import onnx_graphsurgeon as gs
 
 from passes import _attention_match as am
 from surgery.graph_utils import NameGen, scalar_value
-from surgery.pass_base import PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 ATTENTION_PLUGIN = register_plugin(PluginSpec(
     "SurgeryAttention", "1", "onnx_surgery",
@@ -78,99 +81,116 @@ MS_DOMAIN = "com.microsoft"
 ATTENTION_OPSET = 23
 
 
+@dataclass
+class AttentionState(State):
+    ops: frozenset[str]  # op types of the graph: only variants it can supply are built and matched
+    keep_fp32: bool  # onnx emit for TensorRT without a precision change: fp32 attention stays decomposed
+
+
+class AttentionPlan(NamedTuple):
+    """What ``check`` read off a match: the fused op's operands and attributes."""
+
+    q: gs.Tensor
+    k: gs.Tensor
+    v: gs.Tensor
+    scale: float
+    mask: gs.Tensor | None  # None when there is none, or when it is the constant causal mask
+    mask_kind: int  # 0 none, 1 additive float, 2 boolean keep-mask
+    causal: int
+    invert_mask: bool  # where-inv: the condition marks the masked positions
+    expand_rows: bool  # the mask's row dim is not yet Sq (onnxruntime does not broadcast it)
+    heads: int | None  # ort/plugin: the static head count of Q
+
+
 @register_pass
-class FuseAttentionPass(PatternRewritePass):
+class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
+    """Variants are ``am.Variant``; the pattern key (``<qk>/<scale>/<mask>/<casts>:<order>``) is the outcome."""
+
     name = "fuse-attention"
     summary = "Fuse the Q·K^T/softmax/·V attention core into Attention-23, com.microsoft MHA, or SurgeryAttention"
-    tags = frozenset({"fusion"})
     anchor_ops = ("Softmax",)
     emits = ("onnx", "ort", "plugin")
+    runs_after = MappingProxyType({
+        "canonicalize-attention-layout": "it turns tf2onnx's 5-D Keras attention into the 4-D form matched here",
+    })
 
-    def __init__(self) -> None:
-        self._cache: dict[frozenset[str], dict[str, gs.GraphPattern]] = {}
-        self._ops: frozenset[str] = frozenset()
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> AttentionState:
+        o = ctx.options
+        keep_fp32 = o.emit == "onnx" and o.attention_kernels == "tensorrt" and not o.precision
+        return AttentionState(graph, ctx, frozenset(n.op for n in graph.nodes), keep_fp32)
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        return ATTENTION_OPSET if self.emit(ctx) == "onnx" else None
+    def required_opset(self, state: AttentionState) -> int | None:
+        return ATTENTION_OPSET if state.emit == "onnx" else None
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        if "Softmax" not in self._ops:
-            return {}
-        if self._ops not in self._cache:
-            self._cache[self._ops] = am.build_variants(set(self._ops))
-        return self._cache[self._ops]
+    def patterns(self, state: AttentionState) -> dict[str, tuple[gs.GraphPattern, am.Variant]]:
+        return am.build_variants(state.ops) if "Softmax" in state.ops else {}
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._ops = frozenset(Counter(n.op for n in graph.nodes))
-        return super().run(graph, ctx)
-
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        qk, scale, mask, casts = am.parse_variant(variant)
-        names = am.variant_variables(variant)
-        emit = self.emit(ctx)
-        if am.scale_of(m, scale) is None:
-            return "scale-not-scalar"
-        if mask.startswith("where") and not am.is_large_negative(m.constants["fill"]):
-            return "fill-not-large-negative"
-        for i in range(casts):
+    def check(self, m: Match[am.Variant], state: AttentionState) -> AttentionPlan | Reject:
+        var, emit = m.variant, state.emit
+        scale = am.scale_of(m, var.scale)
+        if scale is None:
+            return Reject("scale-not-scalar", am.scale_constant(m))
+        if var.mask.startswith("where") and not am.is_large_negative(m.constants["fill"]):
+            return Reject("fill-not-large-negative", m.constants["fill"])
+        for i in range(var.casts):
             cast = m.get(f"cast{i}")
             dtype = next((t.dtype for t in (cast.inputs[0], m.get("sm").inputs[0], m.inputs[0]) if t.dtype is not None), None)
             if dtype is None:
-                return "cast-dtype-unknown"
+                return Reject("cast-dtype-unknown", cast.inputs[0])
             if onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)) != cast.attrs["to"]:
-                return "cast-changes-dtype"
-        if "axis" not in m.get("sm").attrs and int(graph.opset) < 13:
-            return "softmax-axis"
-        if qk == "gqa" and any(_axes(m.constants[a]) != [2] for a in ("kaxes", "vaxes")):
-            return "gqa-bad-repeat"
-        for t in (am.mapping_input(m, names, n) for n in ("q", "k", "v")):
+                return Reject("cast-changes-dtype", cast.outputs[0])
+        if "axis" not in m.get("sm").attrs and int(state.graph.opset) < 13:
+            return Reject("softmax-axis")
+        if var.qk == "gqa":
+            bad = next((m.constants[a] for a in ("kaxes", "vaxes") if _axes(m.constants[a]) != [2]), None)
+            if bad is not None:
+                return Reject("gqa-bad-repeat", bad)
+        q, k, v = (var.input(m, n) for n in ("q", "k", "v"))
+        for t in (q, k, v):
             if t.shape is not None and len(t.shape) != 4:
-                return "not-4d"
-        if emit in ("ort", "plugin") and am.static_heads(m.inputs[0]) is None:
-            return "num-heads-unknown"
-        if emit == "ort" and qk == "gqa":
-            return "gqa-no-ort-op"
-        if emit == "onnx" and ctx.option("attention_kernels") == "tensorrt" and not ctx.option("precision"):
-            if m.inputs[0].dtype is None or np.dtype(m.inputs[0].dtype) == np.float32:
-                return "no-dedicated-kernel"
-        return None
+                return Reject("not-4d", t)
+        heads = am.static_heads(q) if emit in ("ort", "plugin") else None
+        if emit in ("ort", "plugin") and heads is None:
+            return Reject("num-heads-unknown", q)
+        if emit == "ort" and var.qk == "gqa":
+            return Reject("gqa-no-ort-op")
+        if state.keep_fp32 and (q.dtype is None or np.dtype(q.dtype) == np.float32):
+            return Reject("no-dedicated-kernel")
+        mask, mask_kind, causal = None, 0, 0
+        if var.mask == "add":
+            mask, mask_kind = var.input(m, "mask"), 1
+            if am.causal_constant(mask):
+                mask, mask_kind, causal = None, 0, 1
+        elif var.mask.startswith("where"):
+            mask, mask_kind = var.input(m, "mask"), 2
+        expand = mask is not None and not _mask_rows_known(mask, q)  # e.g. a [B,1,1,Sk] padding mask
+        return AttentionPlan(q, k, v, float(scale), mask, mask_kind, causal, var.mask == "where-inv", expand, heads)
 
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        qk, scale_kind, mask, _ = am.parse_variant(variant)
-        var = am.variant_variables(variant)
-        q, k, v = (am.mapping_input(m, var, n) for n in ("q", "k", "v"))
+    def rewrite(self, m: Match[am.Variant], plan: AttentionPlan, state: AttentionState, names: NameGen) -> list[gs.Node]:
+        q, k, v, mask_t = plan.q, plan.k, plan.v, plan.mask
         out, new = m.outputs[0], []
-        if qk == "kbshd":  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
+        if m.variant.qk == "kbshd":  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
             k4 = gs.Variable(names("_k"), dtype=k.dtype)
             new.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[k], outputs=[k4]))
             k = k4
-        mask_t, mask_kind, causal = None, 0, 0
-        if mask == "add":
-            mask_t, mask_kind = am.mapping_input(m, var, "mask"), 1
-            if am.causal_constant(mask_t):
-                mask_t, mask_kind, causal = None, 0, 1
-        elif mask.startswith("where"):
-            mask_t, mask_kind = am.mapping_input(m, var, "mask"), 2
-            if mask == "where-inv":
-                keep = gs.Variable(names("_keep"), dtype=np.bool_, shape=mask_t.shape)
-                new.append(gs.Node("Not", name=names(), inputs=[mask_t], outputs=[keep]))
-                mask_t = keep
-        if mask_t is not None and not _mask_rows_known(mask_t, q):  # e.g. a [B,1,1,Sk] padding mask
+        if plan.invert_mask:
+            keep = gs.Variable(names("_keep"), dtype=np.bool_, shape=mask_t.shape)
+            new.append(gs.Node("Not", name=names(), inputs=[mask_t], outputs=[keep]))
+            mask_t = keep
+        if plan.expand_rows:
             mask_t = _expand_rows(mask_t, q, k, names, new)
-        scale = float(am.scale_of(m, scale_kind))
-        emit = self.emit(ctx)
+        emit = state.emit
         if emit == "onnx":
-            attrs = {"scale": scale, **({"is_causal": 1} if causal else {})}
+            attrs = {"scale": plan.scale, **({"is_causal": 1} if plan.causal else {})}
             ins = [q, k, v] + ([mask_t] if mask_t is not None else [])
             return new + [gs.Node("Attention", name=names(), attrs=attrs, inputs=ins, outputs=[out])]
-        heads = am.static_heads(q)
         if emit == "plugin":
-            attrs = {"num_heads": heads, "scale": scale, "causal": causal, "mask_kind": mask_kind}
+            attrs = {"num_heads": plan.heads, "scale": plan.scale, "causal": plan.causal, "mask_kind": plan.mask_kind}
             ins = [q, k, v] + ([mask_t] if mask_t is not None else [])
             return new + [make_plugin_node(ATTENTION_PLUGIN, ins, [out], attrs, name=names())]
-        return new + _ort_mha(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names)
+        return new + _ort_mha(q, k, v, mask_t, plan.mask_kind, plan.causal, plan.scale, plan.heads, out, names)
 
-    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+    def unmatched_reason(self, node: gs.Node, state: AttentionState) -> str:
         nxt = [c.op for c in node.outputs[0].outputs]
         prev = node.inputs[0].inputs[0].op if node.inputs[0].inputs else "input"
         if int(node.attrs.get("axis", -1)) not in (-1, 3):
@@ -180,10 +200,7 @@ class FuseAttentionPass(PatternRewritePass):
             return f"softmax-output-not-matmul (feeds {nxt})"
         return f"no-attention-pattern (Softmax input from {prev}; Q/K/scale/mask structure not recognised)"
 
-    def site_name(self, m: gs.PatternMapping) -> str:
-        return m.get("sm").name
-
-    def site_name_from(self, nodes: list[gs.Node]) -> str:
+    def site(self, nodes: list[gs.Node]) -> str:
         return next((n.name for n in nodes if n.op == "Softmax"), nodes[0].name)
 
 

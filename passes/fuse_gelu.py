@@ -2,7 +2,7 @@
 
 Summary:
     Finds the three GELU formulas exporters decompose and replaces each with a single op chosen by
-    ``ctx.option("emit", "onnx")``:
+    ``ctx.options.emit``:
 
     ===========  ===========================  ====================  ==========================
     form         onnx (opset 20)              ort (com.microsoft)   plugin
@@ -47,15 +47,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, commuted_patterns, const_value, is_const, scalar_value
-from surgery.pass_base import PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass, mapping_nodes
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 GELU_PLUGIN = register_plugin(PluginSpec(
     "SurgeryGelu", "1", "onnx_surgery", fields={"approximate": "int"}, inputs=("x",),
@@ -99,38 +100,41 @@ def _families() -> list[tuple[str, list[tuple]]]:
     return out
 
 
+@dataclass
+class GeluState(State):
+    ops: Counter  # op counts of the graph: only variants it can supply are built and matched
+
+
 @register_pass
-class FuseGeluPass(PatternRewritePass):
+class FuseGeluPass(PatternRewritePass[GeluState, str]):
+    """Variants are ``form`` ("erf", "tanh", "quick"); the pattern name says which operand order matched."""
+
     name = "fuse-gelu"
     summary = "Fuse erf/tanh/sigmoid GELU decompositions into Gelu (onnx), com.microsoft Gelu ops, or SurgeryGelu"
-    tags = frozenset({"fusion"})
     anchor_ops = ("Erf", "Tanh", "Sigmoid")
     emits = ("onnx", "ort", "plugin")
 
-    def __init__(self) -> None:
-        self._ops: Counter = Counter()
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> GeluState:
+        return GeluState(graph, ctx, Counter(n.op for n in graph.nodes))
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        return GELU_OPSET if self.emit(ctx) == "onnx" else None
+    def required_opset(self, state: GeluState) -> int | None:
+        return GELU_OPSET if state.emit == "onnx" else None
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
+    def patterns(self, state: GeluState) -> dict[str, tuple[gs.GraphPattern, str]]:
         # only variants whose op counts the graph can supply: building and matching cost grows with
         # variants x nodes, and the operand orders alone make 2^k variants per form
-        out: dict[str, gs.GraphPattern] = {}
+        out: dict[str, tuple[gs.GraphPattern, str]] = {}
         for family, nodes in _families():
-            if any(self._ops[op] < n for op, n in Counter(n[1] for n in nodes).items()):
+            if any(state.ops[op] < n for op, n in Counter(n[1] for n in nodes).items()):
                 continue
             if family not in _BUILT:
                 _BUILT[family] = commuted_patterns(["x"], nodes, ["out"])
-            out.update((f"{family}:{order}", p) for order, p in _BUILT[family])
+            form = family.split(":")[0].split("-")[0]
+            out.update((f"{family}:{order}", (p, form)) for order, p in _BUILT[family])
         return out
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._ops = Counter(n.op for n in graph.nodes)
-        return super().run(graph, ctx)
-
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        form = _form(variant)
+    def check(self, m: Match[str], state: GeluState) -> bool | Reject:
+        form = m.variant
         expected = dict(_EXPECTED[form])
         if form == "erf":
             key = f"k:{m.get('scaled').op}"
@@ -140,11 +144,12 @@ class FuseGeluPass(PatternRewritePass):
                 continue  # x*x*x carries no exponent constant
             got = scalar_value(m.constants[name])
             if got is None or not math.isclose(got, want, rel_tol=RTOL) or (name == "three" and got != 3.0):
-                return {"erf": "erf-constant-mismatch", "tanh": "tanh-constant-mismatch"}.get(form, "sigmoid-constant-mismatch")
-        return "no-onnx-op" if form == "quick" and self.emit(ctx) == "onnx" else None
+                reason = {"erf": "erf-constant-mismatch", "tanh": "tanh-constant-mismatch"}.get(form, "sigmoid-constant-mismatch")
+                return Reject(reason, m.constants[name])
+        return Reject("no-onnx-op") if form == "quick" and state.emit == "onnx" else True
 
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        form, emit = _form(variant), self.emit(ctx)
+    def rewrite(self, m: Match[str], plan: bool, state: GeluState, names: NameGen) -> list[gs.Node]:
+        form, emit = m.variant, state.emit
         x, out = m.inputs[0], m.outputs[0]
         if emit == "plugin":
             approx = {"erf": 0, "tanh": 1, "quick": 2}[form]
@@ -156,7 +161,7 @@ class FuseGeluPass(PatternRewritePass):
             return [gs.Node("QuickGelu", name=names(), attrs={"alpha": float(scalar_value(m.constants["alpha"]))},
                             inputs=[x], outputs=[out], domain=MS_DOMAIN)]
         bias = []
-        found = _bias_add(x, mapping_nodes(m), graph)
+        found = _bias_add(x, m.nodes, state.graph)
         if found is not None:  # BiasGelu/FastGelu take the bias: absorb the producing Add
             add, x, b = found
             bias = [_as_float_like(b, x, names)]
@@ -165,7 +170,7 @@ class FuseGeluPass(PatternRewritePass):
         op = "FastGelu" if form == "tanh" else ("BiasGelu" if bias else "Gelu")
         return [gs.Node(op, name=names(), inputs=[x, *bias], outputs=[out], domain=MS_DOMAIN)]
 
-    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+    def unmatched_reason(self, node: gs.Node, state: GeluState) -> str:
         if node.op == "Sigmoid":
             return "no-gelu-pattern (x*Sigmoid(1.702x) not found around this Sigmoid)"
         users = node.outputs[0].outputs if node.outputs else []
@@ -173,20 +178,9 @@ class FuseGeluPass(PatternRewritePass):
             return f"{node.op}-output-has-{len(users)}-consumers"
         return f"no-gelu-pattern around {node.op} (operand structure differs from the erf/tanh forms)"
 
-    def site_name(self, m: gs.PatternMapping) -> str:
-        return _site(mapping_nodes(m))
-
-    def site_name_from(self, nodes: list[gs.Node]) -> str:
-        return _site(nodes)
-
-
-def _site(nodes: list[gs.Node]) -> str:
-    anchor = [n for n in nodes if n.op in ("Erf", "Tanh", "Sigmoid")]
-    return (anchor or nodes)[0].name
-
-
-def _form(variant: str) -> str:
-    return variant.split(":")[0].split("-")[0]
+    def site(self, nodes: list[gs.Node]) -> str:
+        anchor = [n for n in nodes if n.op in ("Erf", "Tanh", "Sigmoid")]
+        return (anchor or nodes)[0].name
 
 
 def _bias_add(x: gs.Tensor, matched: list[gs.Node], graph: gs.Graph) -> tuple[gs.Node, gs.Tensor, gs.Tensor] | None:

@@ -24,8 +24,9 @@ Rejects:
     group-reshape-not-recognised, channels-unknown, groups-not-dividing-channels,
     reshape-back-not-input-shape, instancenorm-affine-not-identity, layernorm-affine-not-identity,
     reduce-axes-not-last, pow-exponent-not-2, eps-not-constant, eps-not-scalar, scale-not-constant,
-    scale-shape-mismatch, bias-not-constant, bias-shape-mismatch, ort-groupnorm-no-cpu-kernel,
-    opset-raise-refused, non-convex.
+    scale-shape-mismatch, bias-not-constant, bias-shape-mismatch, opset-raise-refused, non-convex.
+    There is no ``emit=ort``: com.microsoft GroupNorm (channels_last layout) has no CPU kernel in
+    onnxruntime, and GroupNormalization-21 (``emit=onnx``) runs there.
 
 Numerics:
     Statistics in fp32 (``stash_type=1``), like InstanceNormalization on the reshaped tensor; results
@@ -34,18 +35,20 @@ Numerics:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import (
-    NameGen, add_reduce, add_rsqrt_normalize, channel_vector, const_value, disconnect, is_const,
-    is_last_axis, producer, reduce_axes, rsqrt_normalize_eps, scalar_value, tensor_rank,
+from passes._norm_patterns import (
+    Affine, RsqrtForm, add_affine_tail, add_reduce, add_rsqrt_normalize, affine_tensors, channel_vector, is_last_axis,
+    reduce_axes, rsqrt_normalize_eps,
 )
-from surgery.pass_base import PassContext, PassResult
+from surgery.graph_utils import NameGen, const_value, disconnect, is_const, producer, scalar_value, tensor_rank
+from surgery.pass_base import PassContext
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 GROUPNORM_OPSET = 21
 GROUPNORM_PLUGIN = register_plugin(PluginSpec(
@@ -54,35 +57,51 @@ GROUPNORM_PLUGIN = register_plugin(PluginSpec(
     inputs=("input",),
     notes="GroupNorm on NCHW-like input, per-channel gamma/beta [C]; activation 0 = none, 1 = SiLU.",
 ))
-CORES = ("instnorm", "reduce-pow", "reduce-mul", "layernorm")
-TAILS = ("g-b", "g-br", "gr-b", "gr-br", "")
+Core = Literal["instnorm", "reduce-pow", "reduce-mul", "layernorm"]
+CORES: tuple[Core, ...] = ("instnorm", "reduce-pow", "reduce-mul", "layernorm")
+TAILS = (Affine("g", "b"), Affine("g", "br"), Affine("gr", "b"), Affine("gr", "br"), Affine())
 
 
-def _pattern(core: str, tail: str, axes_input: bool) -> gs.GraphPattern:
+class _Variant(NamedTuple):
+    """The per-group normalization between the two Reshapes and the affine tail after them."""
+
+    core: Core
+    affine: Affine
+
+    @property
+    def key(self) -> str:
+        return f"{self.core}+{self.affine.key}" if self.affine.key else self.core
+
+
+def _pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
     p = gs.GraphPattern()
-    eps = p.variable() if core.startswith("reduce") else None  # first variable: see add_rsqrt_normalize
+    reduces = v.core in ("reduce-pow", "reduce-mul")
+    eps = p.variable() if reduces else None  # first variable: see add_rsqrt_normalize
     x, s1 = p.variable(), p.variable()
     r = p.add("reshape_in", "Reshape", inputs=[x, s1])
-    if core == "instnorm":
+    if v.core == "instnorm":
         n = p.add("core", "InstanceNormalization", inputs=[r, p.variable(), p.variable()])
-    elif core == "layernorm":
+    elif v.core == "layernorm":
         n = p.add("core", "LayerNormalization", inputs=[r, p.variable(), p.variable()])
     else:
         mean = add_reduce(p, "mean", "ReduceMean", r, axes_input)
         d = p.add("sub", "Sub", inputs=[r, mean])
-        sq = p.add("square", "Pow", inputs=[d, p.variable()]) if core == "reduce-pow" else p.add("square", "Mul", inputs=[d, d])
-        n = add_rsqrt_normalize(p, d, add_reduce(p, "var", "ReduceMean", sq, axes_input), "div", eps)
+        sq = p.add("square", "Pow", inputs=[d, p.variable()]) if v.core == "reduce-pow" else p.add("square", "Mul", inputs=[d, d])
+        n = add_rsqrt_normalize(p, d, add_reduce(p, "var", "ReduceMean", sq, axes_input), RsqrtForm.DIV, eps)
     t = p.add("reshape_out", "Reshape", inputs=[n, p.variable()])
-    for part in tail.split("-") if tail else []:
-        op, name = ("Mul", "gamma") if part[0] == "g" else ("Add", "beta")
-        w = p.variable()
-        t = p.add(name, op, inputs=[w, t] if part.endswith("r") else [t, w])
-    p.set_output_tensors([t])
+    p.set_output_tensors([add_affine_tail(p, t, False, v.affine)])
     return p
 
 
 @dataclass
-class _Site:
+class GroupNormState(State):
+    axes_input: bool  # opset >= 18: ReduceMean takes its axes as an input
+    graph_outputs: set[str]  # names of the graph outputs: a SiLU writing one stays
+
+
+class _Plan(NamedTuple):
+    """What ``check`` found; ``silu`` is the Sigmoid and Mul the plugin absorbs (plugin emit only)."""
+
     x: gs.Tensor
     groups: int
     eps: float
@@ -92,113 +111,105 @@ class _Site:
 
 
 @register_pass
-class FuseGroupNormPass(PatternRewritePass):
+class FuseGroupNormPass(PatternRewritePass[GroupNormState, _Variant]):
+    """Variants are ``_Variant(core, affine)``; a variant's key names it in the report."""
+
     name = "fuse-groupnorm"
     summary = "Fuse PyTorch GroupNorm exports (+ optional SiLU for plugins) into GroupNormalization-21 or a plugin"
     anchor_ops = ("InstanceNormalization",)
-    emits = ("onnx", "ort", "plugin")
+    emits = ("onnx", "plugin")
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        return GROUPNORM_OPSET if self.emit(ctx) == "onnx" else None
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> GroupNormState:
+        return GroupNormState(graph, ctx, int(graph.opset) >= 18, {t.name for t in graph.outputs})
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._emit = self.emit(ctx)
-        self._axes_input = int(graph.opset) >= 18
-        self._graph_outputs = {t.name for t in graph.outputs}
-        result = super().run(graph, ctx)
-        if self._emit == "ort" and result.stats.get("rejected:ort-groupnorm-no-cpu-kernel"):
-            result.notes.append("ort: com.microsoft GroupNorm (channels_last layout) has no CPU kernel in onnxruntime; "
-                                "use emit=onnx (GroupNormalization-21 runs on onnxruntime CPU)")
-        return result
+    def required_opset(self, state: GroupNormState) -> int | None:
+        return GROUPNORM_OPSET if state.emit == "onnx" else None
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        return {f"{core}+{tail}" if tail else core: _pattern(core, tail, self._axes_input) for tail in TAILS for core in CORES}
+    def patterns(self, state: GroupNormState) -> dict[str, tuple[gs.GraphPattern, _Variant]]:
+        variants = [_Variant(core, tail) for tail in TAILS for core in CORES]
+        return {v.key: (_pattern(v, state.axes_input), v) for v in variants}
 
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        _, reason = self._analyse(m, variant)
-        if reason is None and self._emit == "ort":
-            reason = "ort-groupnorm-no-cpu-kernel"
-        return reason
-
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        site, _ = self._analyse(m, variant)
-        out, name = m.outputs[0], names()
-        if self._emit == "plugin":
-            if site.silu is not None:
-                out = site.silu[1].outputs[0]
-                disconnect(site.silu)  # absorbed: not part of the pattern, so detached here
-            attrs = {"num_groups": site.groups, "epsilon": site.eps, "activation": int(site.silu is not None),
-                     "gamma": site.gamma, "beta": site.beta}
-            return [make_plugin_node(GROUPNORM_PLUGIN, [site.x], [out], attrs, name)]
-        return [gs.Node("GroupNormalization", name=name, outputs=[out],
-                        attrs={"num_groups": site.groups, "epsilon": site.eps, "stash_type": 1},
-                        inputs=[site.x, gs.Constant(f"{name}/scale", site.gamma), gs.Constant(f"{name}/bias", site.beta)])]
-
-    def _analyse(self, m: gs.PatternMapping, variant: str) -> tuple[_Site | None, str | None]:
+    def check(self, m: Match[_Variant], state: GroupNormState) -> _Plan | Reject:
         rin, rout = m.get("reshape_in"), m.get("reshape_out")
         x = rin.inputs[0]
         rank, s1 = tensor_rank(x), const_value(rin.inputs[1])
         if s1 is None or s1.size != 3 or int(s1.reshape(-1)[1]) <= 0 or int(s1.reshape(-1)[2]) != -1 or not rank or rank < 3:
-            return None, "group-reshape-not-recognised"
+            return Reject("group-reshape-not-recognised", rin.inputs[1])
         groups, channels = int(s1.reshape(-1)[1]), x.shape[1]
         if not isinstance(channels, (int, np.integer)) or channels <= 0:
-            return None, "channels-unknown"
+            return Reject("channels-unknown", x)
         if channels % groups:
-            return None, "groups-not-dividing-channels"
+            return Reject("groups-not-dividing-channels", rin.inputs[1])
         if not _is_shape_of(rout.inputs[1], x):
-            return None, "reshape-back-not-input-shape"
-        eps, reason = self._core_eps(m, variant, groups)
-        if reason:
-            return None, reason
+            return Reject("reshape-back-not-input-shape", rout.inputs[1])
+        eps = _core_eps(m, groups)
+        if isinstance(eps, Reject):
+            return eps
         gamma_beta = []
-        parts = variant.split("+")[1].split("-") if "+" in variant else []
-        for role, default, part in zip(("gamma", "beta"), (1.0, 0.0), parts or ["", ""]):
-            if not part:
+        for role, default, t in zip(("scale", "bias"), (1.0, 0.0), affine_tensors(m, m.variant.affine)):
+            if t is None:
                 gamma_beta.append(np.full(channels, default, dtype=x.dtype or np.float32))
                 continue
-            t = m.get(role).inputs[0 if part.endswith("r") else 1]
             if not is_const(t):
-                return None, f"{'scale' if role == 'gamma' else 'bias'}-not-constant"
+                return Reject(f"{role}-not-constant", t)
             vec = channel_vector(const_value(t), channels, rank, channel_axis=1)
             if vec is None:
-                return None, f"{'scale' if role == 'gamma' else 'bias'}-shape-mismatch"
+                return Reject(f"{role}-shape-mismatch", t)
             gamma_beta.append(vec)
         dtype = x.dtype or gamma_beta[0].dtype
-        silu = self._silu_after(m.outputs[0]) if self._emit == "plugin" else None
-        return _Site(x, groups, eps, gamma_beta[0].astype(dtype), gamma_beta[1].astype(dtype), silu), None
+        silu = _silu_after(m.outputs[0], state.graph_outputs) if state.emit == "plugin" else None
+        return _Plan(x, groups, eps, gamma_beta[0].astype(dtype), gamma_beta[1].astype(dtype), silu)
 
-    def _core_eps(self, m: gs.PatternMapping, variant: str, groups: int) -> tuple[float | None, str | None]:
-        core = variant.split("+")[0]
-        if core in ("instnorm", "layernorm"):
-            node = m.get("core")
-            scale, bias = const_value(node.inputs[1]), const_value(node.inputs[2])
-            identity = scale is not None and bias is not None and np.all(scale == 1) and np.all(bias == 0)
-            if core == "instnorm" and not (identity and scale.size == groups):
-                return None, "instancenorm-affine-not-identity"
-            if core == "layernorm" and not (identity and node.attrs.get("axis", -1) in (-1, 2)):
-                return None, "layernorm-affine-not-identity"
-            return float(node.attrs.get("epsilon", 1e-5)), None
-        for name in ("mean", "var"):
-            if not is_last_axis(reduce_axes(m.get(name)), 3):
-                return None, "reduce-axes-not-last"
-        if core == "reduce-pow" and scalar_value(m.get("square").inputs[1]) != 2.0:
-            return None, "pow-exponent-not-2"
-        return rsqrt_normalize_eps(m)
+    def rewrite(self, m: Match[_Variant], plan: _Plan, state: GroupNormState, names: NameGen) -> list[gs.Node]:
+        out, name = m.outputs[0], names()
+        if state.emit == "plugin":
+            if plan.silu is not None:
+                out = plan.silu[1].outputs[0]
+                disconnect(plan.silu)  # absorbed: not part of the pattern, so detached here
+            attrs = {"num_groups": plan.groups, "epsilon": plan.eps, "activation": int(plan.silu is not None),
+                     "gamma": plan.gamma, "beta": plan.beta}
+            return [make_plugin_node(GROUPNORM_PLUGIN, [plan.x], [out], attrs, name)]
+        return [gs.Node("GroupNormalization", name=name, outputs=[out],
+                        attrs={"num_groups": plan.groups, "epsilon": plan.eps, "stash_type": 1},
+                        inputs=[plan.x, gs.Constant(f"{name}/scale", plan.gamma), gs.Constant(f"{name}/bias", plan.beta)])]
 
-    def _silu_after(self, y: gs.Tensor) -> tuple[gs.Node, gs.Node] | None:
-        """The Sigmoid and Mul of ``y * sigmoid(y)`` when they are y's only consumers, else None."""
-        if y.name in self._graph_outputs or len(y.outputs) != 2:
-            return None
-        sig = next((n for n in y.outputs if n.op == "Sigmoid"), None)
-        mul = next((n for n in y.outputs if n.op == "Mul"), None)
-        if sig is None or mul is None or len(sig.outputs[0].outputs) != 1 or sig.outputs[0].outputs[0] is not mul:
-            return None
-        if sig.outputs[0].name in self._graph_outputs or {id(t) for t in mul.inputs} != {id(y), id(sig.outputs[0])}:
-            return None
-        return sig, mul
+
+def _core_eps(m: Match[_Variant], groups: int) -> float | Reject:
+    """Epsilon of the per-group normalization, or why it is not a plain one."""
+    core = m.variant.core
+    if core in ("instnorm", "layernorm"):
+        node = m.get("core")
+        scale, bias = const_value(node.inputs[1]), const_value(node.inputs[2])
+        identity = scale is not None and bias is not None and np.all(scale == 1) and np.all(bias == 0)
+        if core == "instnorm" and not (identity and scale.size == groups):
+            return Reject("instancenorm-affine-not-identity")
+        if core == "layernorm" and not (identity and node.attrs.get("axis", -1) in (-1, 2)):
+            return Reject("layernorm-affine-not-identity")
+        return float(node.attrs.get("epsilon", 1e-5))
+    for name in ("mean", "var"):
+        node = m.get(name)
+        if not is_last_axis(reduce_axes(node), 3):
+            return Reject("reduce-axes-not-last", node.inputs[1] if len(node.inputs) > 1 else None)
+    if core == "reduce-pow" and scalar_value(m.get("square").inputs[1]) != 2.0:
+        return Reject("pow-exponent-not-2", m.get("square").inputs[1])
+    return rsqrt_normalize_eps(m)
+
+
+def _silu_after(y: gs.Tensor, graph_outputs: set[str]) -> tuple[gs.Node, gs.Node] | None:
+    """The Sigmoid and Mul of ``y * sigmoid(y)`` when they are y's only consumers, else None."""
+    if y.name in graph_outputs or len(y.outputs) != 2:
+        return None
+    sig = next((n for n in y.outputs if n.op == "Sigmoid"), None)
+    mul = next((n for n in y.outputs if n.op == "Mul"), None)
+    if sig is None or mul is None or len(sig.outputs[0].outputs) != 1 or sig.outputs[0].outputs[0] is not mul:
+        return None
+    if sig.outputs[0].name in graph_outputs or {id(t) for t in mul.inputs} != {id(y), id(sig.outputs[0])}:
+        return None
+    return sig, mul
 
 
 def _is_shape_of(shape: gs.Tensor, x: gs.Tensor) -> bool:
+    """True when ``shape`` is ``Shape(x)`` or the constant static shape of x."""
     src = producer(shape)
     if src is not None and src.op == "Shape":
         return src.inputs[0] is x and src.attrs.get("start", 0) == 0 and "end" not in src.attrs

@@ -38,19 +38,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import (
-    AFFINE_TAILS, RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, add_affine_tail, add_reduce, add_rsqrt_normalize,
-    channel_vector, const_value, is_const, is_last_axis, last_dim, norm_input_and_scale, reduce_axes,
-    present_variants, rsqrt_normalize_eps, scalar_value, tensor_rank,
+from passes._norm_patterns import (
+    AFFINE_TAILS, Affine, RsqrtForm, add_affine_tail, add_reduce, add_rsqrt_normalize, affine_tensors, channel_vector,
+    is_last_axis, norm_input_and_scale, present_variants, reduce_axes, rsqrt_normalize_eps,
 )
-from surgery.pass_base import PassContext, PassResult
+from surgery.graph_utils import NameGen, const_value, is_const, last_dim, scalar_value, tensor_rank
+from surgery.pass_base import PassContext
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 LAYERNORM_OPSET = 17
 LAYERNORM_PLUGIN = register_plugin(PluginSpec(
@@ -58,38 +59,57 @@ LAYERNORM_PLUGIN = register_plugin(PluginSpec(
     fields={"epsilon": "float", "gamma": "tensor", "beta": "tensor"}, inputs=("input",),
     notes="LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * gamma + beta; statistics in fp32.",
 ))
+ORT_NOTE = "ort: emitted standard LayerNormalization (onnxruntime has no com.microsoft LayerNormalization)"
 
 
 @dataclass(frozen=True)
-class _Variant:
-    family: str  # "torch" or "tf"
-    square: str  # torch: "pow" | "mul"
-    form: str  # torch: an RSQRT_FORMS spelling; tf: the mean op
-    cast: bool = False
-    affine: str = ""  # torch: an AFFINE_TAILS entry; tf: "g" (scaled) or ""
+class _Torch:
+    """The PyTorch chain: how d² and the rsqrt are spelled, an exit Cast, the affine tail."""
+
+    square: Literal["pow", "mul"]
+    form: RsqrtForm
+    cast: bool
+    affine: Affine
 
     @property
     def key(self) -> str:
-        tail = ("+cast" if self.cast else "") + (f"+{self.affine}" if self.affine else "")
-        return f"{self.family}:{self.square}/{self.form}{tail}"
+        tail = ("+cast" if self.cast else "") + (f"+{self.affine.key}" if self.affine.key else "")
+        return f"torch:{self.square}/{self.form.value}{tail}"
 
     @property
     def ops(self) -> set[str]:
-        if self.family == "tf":
-            return {self.form, "Sub", "Mul", "Add", "Sqrt", "Reciprocal"}
-        ops = {"ReduceMean", "Sub", "Add", "Sqrt", "Pow" if self.square == "pow" else "Mul"} | RSQRT_FORM_OPS[self.form]
+        ops = {"ReduceMean", "Sub", "Add", "Sqrt", "Pow" if self.square == "pow" else "Mul"} | self.form.ops
         ops |= {"Cast"} if self.cast else set()
-        return ops | ({"Mul"} if "g" in self.affine else set())
+        return ops | ({"Mul"} if self.affine.gamma else set())
+
+
+@dataclass(frozen=True)
+class _Tf:
+    """The tf2onnx Keras chain: the op computing the means, and whether gamma scales the reciprocal."""
+
+    mean_op: Literal["GlobalAveragePool", "ReduceMean"]
+    scaled: bool
+
+    @property
+    def key(self) -> str:
+        return f"tf:mul/{self.mean_op}" + ("+g" if self.scaled else "")
+
+    @property
+    def ops(self) -> set[str]:
+        return {self.mean_op, "Sub", "Mul", "Add", "Sqrt", "Reciprocal"}
+
+
+_Variant = _Torch | _Tf
 
 
 def _variants() -> list[_Variant]:
-    tf = [_Variant("tf", "mul", mean, affine=a) for a in ("g", "") for mean in ("GlobalAveragePool", "ReduceMean")]
-    torch = [_Variant("torch", sq, form, cast, affine)
-             for affine, cast, sq, form in itertools.product(AFFINE_TAILS, (True, False), ("pow", "mul"), RSQRT_FORMS)]
+    tf = [_Tf(mean, scaled) for scaled in (True, False) for mean in ("GlobalAveragePool", "ReduceMean")]
+    torch = [_Torch(sq, form, cast, affine)
+             for affine, cast, sq, form in itertools.product(AFFINE_TAILS, (True, False), ("pow", "mul"), RsqrtForm)]
     return tf + torch  # longest chains first: the first variant to claim a node wins
 
 
-def _torch_pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
+def _torch_pattern(v: _Torch, axes_input: bool) -> gs.GraphPattern:
     p = gs.GraphPattern()
     eps, x = p.variable(), p.variable()  # eps first: see add_rsqrt_normalize
     mean = add_reduce(p, "mean", "ReduceMean", x, axes_input)
@@ -100,16 +120,20 @@ def _torch_pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
     return p
 
 
-def _tf_pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
+def _tf_pattern(v: _Tf, axes_input: bool) -> gs.GraphPattern:
     p = gs.GraphPattern()
     eps, x = p.variable(), p.variable()  # eps first: see add_rsqrt_normalize
-    reduce = (lambda name, t: p.add(name, v.form, inputs=[t])) if v.form == "GlobalAveragePool" \
-        else (lambda name, t: add_reduce(p, name, "ReduceMean", t, axes_input))
+
+    def reduce(name: str, t: int) -> int:
+        if v.mean_op == "GlobalAveragePool":
+            return p.add(name, v.mean_op, inputs=[t])
+        return add_reduce(p, name, "ReduceMean", t, axes_input)
+
     mean = reduce("mean", x)
     d = p.add("sub", "Sub", inputs=[x, mean])
     var = reduce("var", p.add("square", "Mul", inputs=[d, d]))
-    if v.affine:
-        scale = add_rsqrt_normalize(p, p.variable(), var, "recip-mulr", eps)  # Mul(Reciprocal(s), gamma)
+    if v.scaled:
+        scale = add_rsqrt_normalize(p, p.variable(), var, RsqrtForm.RECIP_MULR, eps)  # Mul(Reciprocal(s), gamma)
     else:
         s = p.add("sqrt", "Sqrt", inputs=[p.add("eps_add", "Add", inputs=[var, eps])])
         scale = p.add("inv", "Reciprocal", inputs=[s])
@@ -121,7 +145,14 @@ def _tf_pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
 
 
 @dataclass
-class _Site:
+class LayerNormState(State):
+    axes_input: bool  # opset >= 18: ReduceMean takes its axes as an input
+    variants: dict[str, _Variant]  # the variants whose ops the graph has, by key
+
+
+class _Plan(NamedTuple):
+    """What ``check`` found: the fused op's input, epsilon and per-channel gamma/beta (beta may be absent)."""
+
     x: gs.Tensor
     eps: float
     gamma: np.ndarray
@@ -129,88 +160,78 @@ class _Site:
 
 
 @register_pass
-class FuseLayerNormPass(PatternRewritePass):
+class FuseLayerNormPass(PatternRewritePass[LayerNormState, _Variant]):
+    """Variants are ``_Torch`` or ``_Tf`` chains; a variant's key names it in the report."""
+
     name = "fuse-layernorm"
     summary = "Fuse decomposed LayerNorm (PyTorch, tf2onnx, fp16 Cast islands) into LayerNormalization or a plugin"
     anchor_ops = ("ReduceMean", "GlobalAveragePool")
     emits = ("onnx", "ort", "plugin")
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        return None if self.emit(ctx) == "plugin" else LAYERNORM_OPSET
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> LayerNormState:
+        return LayerNormState(graph, ctx, int(graph.opset) >= 18, present_variants(graph, _variants()))
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._axes_input = int(graph.opset) >= 18
-        self._variants = present_variants(graph, _variants())
-        result = super().run(graph, ctx)
-        if self.emit(ctx) == "ort" and result.changed:
-            result.notes.append("ort: emitted standard LayerNormalization (onnxruntime has no com.microsoft LayerNormalization)")
-        return result
+    def required_opset(self, state: LayerNormState) -> int | None:
+        return None if state.emit == "plugin" else LAYERNORM_OPSET
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        build = {"torch": _torch_pattern, "tf": _tf_pattern}
-        return {key: build[v.family](v, self._axes_input) for key, v in self._variants.items()}
+    def patterns(self, state: LayerNormState) -> dict[str, tuple[gs.GraphPattern, _Variant]]:
+        return {key: (_tf_pattern(v, state.axes_input) if isinstance(v, _Tf) else _torch_pattern(v, state.axes_input), v)
+                for key, v in state.variants.items()}
 
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        return self._analyse(m, self._variants[variant])[1]
-
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        site, _ = self._analyse(m, self._variants[variant])
-        out, name = m.outputs[0], names()
-        if self.emit(ctx) == "plugin":
-            beta = site.beta if site.beta is not None else np.zeros_like(site.gamma)
-            return [make_plugin_node(LAYERNORM_PLUGIN, [site.x], [out], {"epsilon": site.eps, "gamma": site.gamma, "beta": beta}, name)]
-        inputs = [site.x, gs.Constant(f"{name}/scale", site.gamma)]
-        if site.beta is not None:
-            inputs.append(gs.Constant(f"{name}/bias", site.beta))
-        return [gs.Node("LayerNormalization", name=name, attrs={"axis": -1, "epsilon": site.eps, "stash_type": 1},
-                        inputs=inputs, outputs=[out])]
-
-    def _analyse(self, m: gs.PatternMapping, v: _Variant) -> tuple[_Site | None, str | None]:
+    def check(self, m: Match[_Variant], state: LayerNormState) -> _Plan | Reject:
+        v = m.variant
         x = m.get("sub").inputs[0]
         rank, size = tensor_rank(x), last_dim(x)
         for name in ("mean", "var"):
             node = m.get(name)
             if node.op == "GlobalAveragePool":
                 if rank != 3:  # GAP averages every axis after the 2nd; only on rank 3 is that the last one
-                    return None, "reduce-axes-not-last"
+                    return Reject("reduce-axes-not-last")
                 continue
             if not is_last_axis(reduce_axes(node), rank):
-                return None, "reduce-axes-not-last"
+                return Reject("reduce-axes-not-last", node.inputs[1] if len(node.inputs) > 1 else None)
             if node.attrs.get("keepdims", 1) == 0:
-                return None, "reduce-keepdims-0"
-        if v.square == "pow" and v.family == "torch" and scalar_value(m.get("square").inputs[1]) != 2.0:
-            return None, "pow-exponent-not-2"
-        eps, reason = rsqrt_normalize_eps(m)
-        if reason:
-            return None, reason
+                return Reject("reduce-keepdims-0")
+        if isinstance(v, _Torch) and v.square == "pow" and scalar_value(m.get("square").inputs[1]) != 2.0:
+            return Reject("pow-exponent-not-2", m.get("square").inputs[1])
+        eps = rsqrt_normalize_eps(m)
+        if isinstance(eps, Reject):
+            return eps
         gamma_t, beta_t = _affine_tensors(m, v)
         gamma = beta = None
         if gamma_t is not None:
             if not is_const(gamma_t):
-                return None, "scale-not-constant"
+                return Reject("scale-not-constant", gamma_t)
             gamma = channel_vector(const_value(gamma_t), size, rank)
             if gamma is None:
-                return None, "scale-shape-mismatch"
+                return Reject("scale-shape-mismatch", gamma_t)
         if beta_t is not None:
             if not is_const(beta_t):
-                return None, "bias-not-constant"
+                return Reject("bias-not-constant", beta_t)
             beta = channel_vector(const_value(beta_t), size, rank)
             if beta is None or (gamma is not None and beta.size != gamma.size):
-                return None, "bias-shape-mismatch"
-        x_in, gamma, reason = norm_input_and_scale(x, m.get("cast") if v.cast else None, gamma, size)
-        if reason:
-            return None, reason
-        return _Site(x_in, eps, gamma, None if beta is None else beta.astype(gamma.dtype)), None
+                return Reject("bias-shape-mismatch", beta_t)
+        found = norm_input_and_scale(x, m.get("cast") if isinstance(v, _Torch) and v.cast else None, gamma, size)
+        if isinstance(found, Reject):
+            return found
+        x_in, gamma = found
+        return _Plan(x_in, eps, gamma, None if beta is None else beta.astype(gamma.dtype))
+
+    def rewrite(self, m: Match[_Variant], plan: _Plan, state: LayerNormState, names: NameGen) -> list[gs.Node]:
+        out, name = m.outputs[0], names()
+        if state.emit == "plugin":
+            beta = plan.beta if plan.beta is not None else np.zeros_like(plan.gamma)
+            return [make_plugin_node(LAYERNORM_PLUGIN, [plan.x], [out], {"epsilon": plan.eps, "gamma": plan.gamma, "beta": beta}, name)]
+        if state.emit == "ort" and ORT_NOTE not in state.notes:
+            state.notes.append(ORT_NOTE)
+        inputs = [plan.x, gs.Constant(f"{name}/scale", plan.gamma)]
+        if plan.beta is not None:
+            inputs.append(gs.Constant(f"{name}/bias", plan.beta))
+        return [gs.Node("LayerNormalization", name=name, attrs={"axis": -1, "epsilon": plan.eps, "stash_type": 1},
+                        inputs=inputs, outputs=[out])]
 
 
-def _affine_tensors(m: gs.PatternMapping, v: _Variant) -> tuple[gs.Tensor | None, gs.Tensor | None]:
-    if v.family == "tf":
-        return (m.get("norm").inputs[1] if v.affine else None), m.get("beta_sub").inputs[0]
-    gamma = beta = None
-    if "gamma" in m:
-        gamma = m.get("gamma").inputs[0 if v.affine.startswith("gr") else 1]
-    if "beta" in m:
-        node = m.get("beta")
-        beta = node.inputs[0] if v.affine.endswith("br") else node.inputs[1]
-    return gamma, beta
-
+def _affine_tensors(m: Match[_Variant], v: _Variant) -> tuple[gs.Tensor | None, gs.Tensor | None]:
+    if isinstance(v, _Tf):
+        return (m.get("norm").inputs[1] if v.scaled else None), m.get("beta_sub").inputs[0]
+    return affine_tensors(m, v.affine)

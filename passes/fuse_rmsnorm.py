@@ -34,19 +34,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import (
-    RSQRT_FORM_OPS, RSQRT_FORMS, NameGen, add_affine_tail, add_reduce, add_rsqrt_normalize,
-    channel_vector, const_value, is_const, is_last_axis, last_dim, norm_input_and_scale, producer, reduce_axes,
-    present_variants, rsqrt_normalize_eps, scalar_value, tensor_rank,
+from passes._norm_patterns import (
+    Affine, RsqrtForm, add_affine_tail, add_reduce, add_rsqrt_normalize, affine_tensors, channel_vector, is_last_axis,
+    norm_input_and_scale, present_variants, reduce_axes, rsqrt_normalize_eps,
 )
-from surgery.pass_base import PassContext, PassResult
+from surgery.graph_utils import NameGen, const_value, is_const, last_dim, producer, scalar_value, tensor_rank
+from surgery.pass_base import PassContext
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 RMSNORM_OPSET = 23
 RMSNORM_PLUGIN = register_plugin(PluginSpec(
@@ -54,28 +55,36 @@ RMSNORM_PLUGIN = register_plugin(PluginSpec(
     fields={"epsilon": "float", "gamma": "tensor"}, inputs=("input",),
     notes="RMSNorm over the last axis: x / sqrt(mean(x^2) + epsilon) * gamma; statistics in fp32.",
 ))
+ORT_NOTE = ("ort: emitted RMSNormalization-23 (onnxruntime registers SimplifiedLayerNormalization "
+            "in the default ONNX domain, which the ONNX checker rejects)")
 
 
 @dataclass(frozen=True)
 class _Variant:
-    square: str  # "pow" | "mul"
-    form: str  # an RSQRT_FORMS spelling
+    """How x² and the rsqrt are spelled, an exit Cast, and the weight Mul (a gamma-only ``Affine``)."""
+
+    square: Literal["pow", "mul"]
+    form: RsqrtForm
     cast: bool
-    affine: str  # "g" (x * w), "gr" (w * x) or ""
+    affine: Affine
 
     @property
     def key(self) -> str:
-        return f"{self.square}/{self.form}" + ("+cast" if self.cast else "") + (f"+{self.affine}" if self.affine else "")
+        tail = ("+cast" if self.cast else "") + (f"+{self.affine.key}" if self.affine.key else "")
+        return f"{self.square}/{self.form.value}{tail}"
 
     @property
     def ops(self) -> set[str]:
-        ops = {"ReduceMean", "Add", "Sqrt", "Pow" if self.square == "pow" else "Mul"} | RSQRT_FORM_OPS[self.form]
-        return ops | ({"Cast"} if self.cast else set()) | ({"Mul"} if self.affine else set())
+        ops = {"ReduceMean", "Add", "Sqrt", "Pow" if self.square == "pow" else "Mul"} | self.form.ops
+        return ops | ({"Cast"} if self.cast else set()) | ({"Mul"} if self.affine.gamma else set())
+
+
+_WEIGHT_TAILS = (Affine("g"), Affine("gr"), Affine())
 
 
 def _variants() -> list[_Variant]:
     return [_Variant(sq, form, cast, affine)  # longest chains first: the first variant to claim a node wins
-            for affine, cast, sq, form in itertools.product(("g", "gr", ""), (True, False), ("pow", "mul"), RSQRT_FORMS)]
+            for affine, cast, sq, form in itertools.product(_WEIGHT_TAILS, (True, False), ("pow", "mul"), RsqrtForm)]
 
 
 def _pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
@@ -88,76 +97,79 @@ def _pattern(v: _Variant, axes_input: bool) -> gs.GraphPattern:
 
 
 @dataclass
-class _Site:
+class RMSNormState(State):
+    axes_input: bool  # opset >= 18: ReduceMean takes its axes as an input
+    variants: dict[str, _Variant]  # the variants whose ops the graph has, by key
+
+
+class _Plan(NamedTuple):
+    """What ``check`` found: the fused op's input, epsilon and per-channel weight."""
+
     x: gs.Tensor
     eps: float
     gamma: np.ndarray
 
 
 @register_pass
-class FuseRMSNormPass(PatternRewritePass):
+class FuseRMSNormPass(PatternRewritePass[RMSNormState, _Variant]):
+    """Variants are ``_Variant`` chains; a variant's key names it in the report."""
+
     name = "fuse-rmsnorm"
     summary = "Fuse decomposed RMSNorm (incl. the Llama fp32 upcast) into RMSNormalization or a plugin"
     anchor_ops = ("ReduceMean",)
     emits = ("onnx", "ort", "plugin")
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        return None if self.emit(ctx) == "plugin" else RMSNORM_OPSET
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> RMSNormState:
+        return RMSNormState(graph, ctx, int(graph.opset) >= 18, present_variants(graph, _variants()))
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._axes_input = int(graph.opset) >= 18
-        self._variants = present_variants(graph, _variants())
-        result = super().run(graph, ctx)
-        if self.emit(ctx) == "ort" and result.changed:
-            result.notes.append("ort: emitted RMSNormalization-23 (onnxruntime registers SimplifiedLayerNormalization "
-                                "in the default ONNX domain, which the ONNX checker rejects)")
-        return result
+    def required_opset(self, state: RMSNormState) -> int | None:
+        return None if state.emit == "plugin" else RMSNORM_OPSET
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        return {key: _pattern(v, self._axes_input) for key, v in self._variants.items()}
+    def patterns(self, state: RMSNormState) -> dict[str, tuple[gs.GraphPattern, _Variant]]:
+        return {key: (_pattern(v, state.axes_input), v) for key, v in state.variants.items()}
 
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        return self._analyse(m, self._variants[variant])[1]
-
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        site, _ = self._analyse(m, self._variants[variant])
-        out, name = m.outputs[0], names()
-        if self.emit(ctx) == "plugin":
-            return [make_plugin_node(RMSNORM_PLUGIN, [site.x], [out], {"epsilon": site.eps, "gamma": site.gamma}, name)]
-        return [gs.Node("RMSNormalization", name=name, attrs={"axis": -1, "epsilon": site.eps, "stash_type": 1},
-                        inputs=[site.x, gs.Constant(f"{name}/scale", site.gamma)], outputs=[out])]
-
-    def _analyse(self, m: gs.PatternMapping, v: _Variant) -> tuple[_Site | None, str | None]:
+    def check(self, m: Match[_Variant], state: RMSNormState) -> _Plan | Reject:
+        v = m.variant
         square = m.get("square")
         x = square.inputs[0]
         rank, size = tensor_rank(x), last_dim(x)
         if _mean_centred(x):
-            return None, "input-is-mean-centred"
+            return Reject("input-is-mean-centred", x)
         var = m.get("var")
         if not is_last_axis(reduce_axes(var), rank):
-            return None, "reduce-axes-not-last"
+            return Reject("reduce-axes-not-last", var.inputs[1] if len(var.inputs) > 1 else None)
         if var.attrs.get("keepdims", 1) == 0:
-            return None, "reduce-keepdims-0"
+            return Reject("reduce-keepdims-0")
         if v.square == "pow" and scalar_value(square.inputs[1]) != 2.0:
-            return None, "pow-exponent-not-2"
-        eps, reason = rsqrt_normalize_eps(m)
-        if reason:
-            return None, reason
+            return Reject("pow-exponent-not-2", square.inputs[1])
+        eps = rsqrt_normalize_eps(m)
+        if isinstance(eps, Reject):
+            return eps
         gamma = None
-        if v.affine:
-            gamma_t = m.get("gamma").inputs[0 if v.affine == "gr" else 1]
+        gamma_t, _ = affine_tensors(m, v.affine)
+        if gamma_t is not None:
             if not is_const(gamma_t):
-                return None, "scale-not-constant"
+                return Reject("scale-not-constant", gamma_t)
             gamma = channel_vector(const_value(gamma_t), size, rank)
             if gamma is None:
-                return None, "scale-shape-mismatch"
-        x_in, gamma, reason = norm_input_and_scale(x, m.get("cast") if v.cast else None, gamma, size)
-        if reason:
-            return None, reason
-        return _Site(x_in, eps, gamma), None
+                return Reject("scale-shape-mismatch", gamma_t)
+        found = norm_input_and_scale(x, m.get("cast") if v.cast else None, gamma, size)
+        if isinstance(found, Reject):
+            return found
+        return _Plan(found[0], eps, found[1])
+
+    def rewrite(self, m: Match[_Variant], plan: _Plan, state: RMSNormState, names: NameGen) -> list[gs.Node]:
+        out, name = m.outputs[0], names()
+        if state.emit == "plugin":
+            return [make_plugin_node(RMSNORM_PLUGIN, [plan.x], [out], {"epsilon": plan.eps, "gamma": plan.gamma}, name)]
+        if state.emit == "ort" and ORT_NOTE not in state.notes:
+            state.notes.append(ORT_NOTE)
+        return [gs.Node("RMSNormalization", name=name, attrs={"axis": -1, "epsilon": plan.eps, "stash_type": 1},
+                        inputs=[plan.x, gs.Constant(f"{name}/scale", plan.gamma)], outputs=[out])]
 
 
 def _mean_centred(x: gs.Tensor) -> bool:
+    """True for ``x = a - mean(a)``: the chain is then a LayerNorm."""
     sub = producer(x)
     if sub is None or sub.op != "Sub":
         return False

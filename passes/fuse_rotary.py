@@ -3,15 +3,14 @@
 Summary:
     Matches HF Llama's ``q * cos + rotate_half(q) * sin`` with ``rotate_half(x) = Concat(-x2, x1)``
     on a [B,H,S,D] head tensor, as both the TorchScript and the dynamo exporter emit it.
-    ``ctx.option("emit", "onnx")``:
+    ``ctx.options.emit`` (``plugin`` is refused: there is no rotary plugin, and the element-wise form is
+    what TensorRT fuses itself; leave fuse-rotary out of a plugin pipeline):
 
     - ``onnx``: ``RotaryEmbedding`` (opset 23; interleaved=0, rotary_embedding_dim=D) on X [B,H,S,D]
       with half-width caches [B,S,D/2] (no position_ids: the caches are already per position).
       onnxruntime wants the caches' batch equal to X's, so a batch-1 cache is Expanded to B.
     - ``ort``: ``com.microsoft.RotaryEmbedding`` on X [B,H,S,D] with 2-D caches [S,D/2] and
       position_ids = [0] (the offset form: positions 0..S-1 of the cache).
-    - ``plugin``: nothing is fused: there is no rotary plugin, and the element-wise form is what
-      TensorRT fuses itself; the run notes this.
 
 Matches::
 
@@ -36,13 +35,15 @@ Numerics:
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import NamedTuple
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, commuted_patterns, const_value, producer, scalar_value
-from surgery.pass_base import PassContext, PassResult
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 MS_DOMAIN = "com.microsoft"
 ROTARY_OPSET = 23
@@ -51,52 +52,64 @@ _NODES = [("lo", "Slice", ["x", "$s0", "$e0", "$a0", "$st0"]), ("hi", "Slice", [
           ("xc", "Mul", ["x", "cos"]), ("rs", "Mul", ["rot", "sin"]), ("out", "Add", ["xc", "rs"])]
 
 
+@lru_cache(maxsize=1)
+def _patterns() -> dict[str, tuple[gs.GraphPattern, None]]:
+    """Every operand order of the one form, keyed by the order; patterns are immutable, so every run shares them."""
+    return {order: (p, None) for order, p in commuted_patterns(["x", "cos", "sin"], _NODES, ["out"])}
+
+
+class RotaryPlan(NamedTuple):
+    """X [B,H,S,D], the full-width caches [1|B,1,S,D], D/2, and whether the caches need X's batch."""
+
+    x: gs.Tensor
+    cos: gs.Tensor
+    sin: gs.Tensor
+    half: int
+    expand: bool  # onnx emit: a cache batch differs from X's (onnxruntime checks it), so Expand to it
+
+
 @register_pass
-class FuseRotaryPass(PatternRewritePass):
+class FuseRotaryPass(PatternRewritePass[State, None]):
+    """One form, no variant parameters: the pattern key is the operand order of the Muls and the Add."""
+
     name = "fuse-rotary"
     summary = "Fuse rotate-half rotary embedding (x*cos + rotate_half(x)*sin) into RotaryEmbedding-23 or com.microsoft"
-    tags = frozenset({"fusion"})
     anchor_ops = ("Neg",)
-    emits = ("onnx", "ort", "plugin")
+    emits = ("onnx", "ort")
 
-    def __init__(self) -> None:
-        self._patterns = dict(commuted_patterns(["x", "cos", "sin"], _NODES, ["out"]))
+    def required_opset(self, state: State) -> int | None:
+        return ROTARY_OPSET if state.emit == "onnx" else None
 
-    def required_opset(self, ctx: PassContext) -> int | None:
-        return ROTARY_OPSET if self.emit(ctx) == "onnx" else None
+    def patterns(self, state: State) -> dict[str, tuple[gs.GraphPattern, None]]:
+        return _patterns()
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        return self._patterns
-
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        if self.emit(ctx) == "plugin":
-            return PassResult(notes=["plugin emit: rotary embedding left element-wise (no rotary plugin; TensorRT fuses it)"])
-        return super().run(graph, ctx)
-
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
+    def check(self, m: Match[None], state: State) -> RotaryPlan | Reject:
         x, cos, sin = m.inputs[0], m.inputs[1], m.inputs[2]
         if x.shape is not None and len(x.shape) != 4:
-            return "not-4d"
+            return Reject("not-4d", x)
         d = x.shape[-1] if x.shape else None
         if not isinstance(d, (int, np.integer)) or d <= 0 or d % 2:
-            return "head-dim-unknown"
+            return Reject("head-dim-unknown", x)
         half = int(d) // 2
         if not (_is_slice(m, "0", 0, half, half) and _is_slice(m, "1", half, None, half)):
-            return "slice-not-halves"
+            return Reject("slice-not-halves")
         if int(m.get("rot").attrs.get("axis", 0)) not in (-1, 3):
-            return "concat-axis"
+            return Reject("concat-axis")
         for t in (cos, sin):
             if t.shape is None or len(t.shape) != 4 or t.shape[1] != 1 or t.shape[-1] != d:
-                return "cos-sin-shape"
-        if not (_equal_halves(cos, half) and _equal_halves(sin, half)):
-            return "halves-unproven"
-        if self.emit(ctx) == "ort" and (cos.shape[0] != 1 or sin.shape[0] != 1):
-            return "cos-batch-not-1"
-        return None
+                return Reject("cos-sin-shape", t)
+        for t in (cos, sin):
+            if not _equal_halves(t, half):
+                return Reject("halves-unproven", t)
+        if state.emit == "ort":
+            for t in (cos, sin):
+                if t.shape[0] != 1:
+                    return Reject("cos-batch-not-1", t)
+        expand = state.emit == "onnx" and (cos.shape[0] != x.shape[0] or sin.shape[0] != x.shape[0])
+        return RotaryPlan(x, cos, sin, half, expand)
 
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        x, cos, sin = m.inputs[0], m.inputs[1], m.inputs[2]
-        half, emit, new = int(x.shape[-1]) // 2, self.emit(ctx), []
+    def rewrite(self, m: Match[None], plan: RotaryPlan, state: State, names: NameGen) -> list[gs.Node]:
+        x, cos, sin, half, emit, new = plan.x, plan.cos, plan.sin, plan.half, state.emit, []
 
         def node(op, ins, attrs=None, dtype=None, out=None, domain=None):
             t = out if out is not None else gs.Variable(names("_t"), dtype=dtype if dtype is not None else x.dtype)
@@ -111,27 +124,24 @@ class FuseRotaryPass(PatternRewritePass):
         if emit == "ort":
             node("RotaryEmbedding", [x, i64(0), *caches], {"interleaved": 0}, out=m.outputs[0], domain=MS_DOMAIN)
             return new
-        if cos.shape[0] != x.shape[0] or sin.shape[0] != x.shape[0]:  # ORT checks the cache batch against X's
+        if plan.expand:  # ORT checks the cache batch against X's
             batch = node("Shape", [x], {"start": 0, "end": 1}, dtype=np.int64)
             target = node("Concat", [batch, i64(1, 1)], {"axis": 0}, dtype=np.int64)
             caches = [node("Expand", [c, target]) for c in caches]
         node("RotaryEmbedding", [x, *caches], {"interleaved": 0, "rotary_embedding_dim": 2 * half}, out=m.outputs[0])
         return new
 
-    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+    def unmatched_reason(self, node: gs.Node, state: State) -> str:
         nxt = [c.op for c in node.outputs[0].outputs]
         if nxt != ["Concat"]:
             return f"no-rotate-half (Neg feeds {nxt}, not one Concat)"
         return "no-rotary-pattern (Neg -> Concat found; x*cos + rotate_half(x)*sin around it not recognised)"
 
-    def site_name(self, m: gs.PatternMapping) -> str:
-        return m.get("out").name
-
-    def site_name_from(self, nodes: list[gs.Node]) -> str:
+    def site(self, nodes: list[gs.Node]) -> str:
         return next((n.name for n in nodes if n.op == "Add"), nodes[0].name)
 
 
-def _is_slice(m: gs.PatternMapping, i: str, start: int, end: int | None, half: int) -> bool:
+def _is_slice(m: Match[None], i: str, start: int, end: int | None, half: int) -> bool:
     """Slice ``i`` takes [start, end) of the last axis with step 1 (``end`` None: to the end, any end >= 2·half)."""
     values = [scalar_value(m.constants[f"{k}{i}"]) for k in ("s", "e", "a", "st")]
     if any(v is None for v in values):

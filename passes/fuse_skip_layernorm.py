@@ -4,8 +4,8 @@ Summary:
     Post-LN transformers (BERT) compute ``LayerNorm(x + bias + skip)``. For ``emit=ort`` this becomes
     ``com.microsoft.SkipLayerNormalization``; for ``emit=plugin`` TensorRT's own
     ``CustomSkipLayerNormPluginDynamic`` v1 (5-D ``[B, S, E, 1, 1]`` I/O, so the pass adds an Unsqueeze
-    before and a Squeeze after). ``emit=onnx`` does nothing: there is no standard ONNX op. Run it after
-    ``fuse-layernorm``.
+    before and a Squeeze after). There is no standard ONNX op, so ``emit=onnx`` is refused. It runs after
+    ``fuse-layernorm``, whose LayerNormalization nodes it consumes.
 
 Matches:
     ::
@@ -33,14 +33,18 @@ Numerics:
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import NamedTuple
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import NameGen, channel_vector, const_value, is_const, producer, tensor_rank
-from surgery.pass_base import PassContext, PassResult
+from passes._norm_patterns import channel_vector
+from surgery.graph_utils import NameGen, const_value, is_const, producer, tensor_rank
+from surgery.pass_base import PassContext
 from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
 from surgery.registry import register_pass
-from surgery.rewrite import PatternRewritePass
+from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 TRT_SKIP_LN_EPSILON = float(np.finfo(np.float32).eps)
 SKIP_LN_PLUGIN = register_plugin(PluginSpec(
@@ -51,106 +55,134 @@ SKIP_LN_PLUGIN = register_plugin(PluginSpec(
           "type_id 0 fp32 / 1 fp16; no epsilon field (kernel-fixed, at most FLT_EPSILON).",
 ))
 _TYPE_IDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
-# (bias add present, bias const first, biased operand first in the residual Add, LN has a bias input)
-_VARIANTS = {
-    f"{'bias' + ('r' if bias_first else '') + ('-' if biased_first else '-r') if with_bias else 'plain'}"
-    f"{'+lnb' if ln_bias else ''}": (with_bias, bias_first, biased_first, ln_bias)
+
+
+class _Variant(NamedTuple):
+    """Which Adds there are and how their operands are ordered."""
+
+    with_bias: bool  # a bias Add feeds the residual Add
+    bias_first: bool  # the bias constant is the bias Add's first operand
+    biased_first: bool  # the (biased) input is the residual Add's first operand, skip the second
+    ln_bias: bool  # the LayerNormalization has a bias input
+
+    @property
+    def key(self) -> str:
+        adds = ("bias" + ("r" if self.bias_first else "") + ("-" if self.biased_first else "-r")) if self.with_bias else "plain"
+        return adds + ("+lnb" if self.ln_bias else "")
+
+
+_VARIANTS = tuple(
+    _Variant(with_bias, bias_first, biased_first, ln_bias)
     for ln_bias in (True, False) for with_bias in (True, False)
     for bias_first in ((False, True) if with_bias else (False,)) for biased_first in ((True, False) if with_bias else (True,))
-}
+)
 
 
-def _pattern(with_bias: bool, bias_first: bool, biased_first: bool, ln_bias: bool) -> gs.GraphPattern:
+def _pattern(v: _Variant) -> gs.GraphPattern:
     p = gs.GraphPattern()
     x, skip = p.variable(), p.variable()
-    if with_bias:
+    if v.with_bias:
         b = p.variable()
-        x = p.add("bias_add", "Add", inputs=[b, x] if bias_first else [x, b])
-    s = p.add("residual", "Add", inputs=[x, skip] if biased_first else [skip, x])
-    params = [p.variable(), p.variable()] if ln_bias else [p.variable()]
+        x = p.add("bias_add", "Add", inputs=[b, x] if v.bias_first else [x, b])
+    s = p.add("residual", "Add", inputs=[x, skip] if v.biased_first else [skip, x])
+    params = [p.variable(), p.variable()] if v.ln_bias else [p.variable()]
     p.set_output_tensors([p.add("ln", "LayerNormalization", inputs=[s, *params])])
     return p
 
 
+class _Plan(NamedTuple):
+    """What ``check`` found: the two summands, the LayerNorm's epsilon and its per-channel vectors."""
+
+    x: gs.Tensor
+    skip: gs.Tensor
+    eps: float
+    gamma: np.ndarray
+    beta: np.ndarray | None
+    bias: np.ndarray | None
+
+
 @register_pass
-class FuseSkipLayerNormPass(PatternRewritePass):
+class FuseSkipLayerNormPass(PatternRewritePass[State, _Variant]):
+    """Variants are ``_Variant`` Add layouts; a variant's key names it in the report."""
+
     name = "fuse-skip-layernorm"
     summary = "Fuse residual Add (+bias) + LayerNormalization into SkipLayerNormalization (ort) or the TRT plugin"
     anchor_ops = ("LayerNormalization",)
-    emits = ("onnx", "ort", "plugin")
+    emits = ("ort", "plugin")
+    runs_after = MappingProxyType({
+        "fuse-layernorm": "it matches LayerNormalization nodes, which fuse-layernorm makes from decomposed LayerNorms",
+    })
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        self._emit = self.emit(ctx)
-        if self._emit == "onnx":
-            return PassResult(notes=["emit=onnx: no standard ONNX op for skip + LayerNorm; nothing to do"])
-        result = super().run(graph, ctx)
-        if self._emit == "plugin":
-            result.notes.append(f"CustomSkipLayerNormPluginDynamic has no epsilon field (kernel adds at most FLT_EPSILON = "
-                                f"{TRT_SKIP_LN_EPSILON:.3g}); LayerNorms with a larger epsilon are rejected")
-        return result
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> State:
+        state = State(graph, ctx)
+        if state.emit == "plugin":
+            state.notes.append(f"CustomSkipLayerNormPluginDynamic has no epsilon field (kernel adds at most FLT_EPSILON = "
+                               f"{TRT_SKIP_LN_EPSILON:.3g}); LayerNorms with a larger epsilon are rejected")
+        return state
 
-    def patterns(self, ctx: PassContext) -> dict[str, gs.GraphPattern]:
-        return {key: _pattern(*flags) for key, flags in _VARIANTS.items()}
+    def patterns(self, state: State) -> dict[str, tuple[gs.GraphPattern, _Variant]]:
+        return {v.key: (_pattern(v), v) for v in _VARIANTS}
 
-    def check(self, m: gs.PatternMapping, variant: str, graph: gs.Graph, ctx: PassContext) -> str | None:
-        return self._analyse(m, variant)[1]
+    def check(self, m: Match[_Variant], state: State) -> _Plan | Reject:
+        v = m.variant
+        residual, ln = m.get("residual"), m.get("ln")
+        x, skip = residual.inputs if v.biased_first else residual.inputs[::-1]
+        rank = tensor_rank(skip)
+        if ln.attrs.get("axis", -1) not in (-1, (rank or 0) - 1):
+            return Reject("layernorm-axis-not-last")
+        params = next((t for t in ln.inputs[1:] if not is_const(t)), None)
+        if params is not None:
+            return Reject("layernorm-params-not-constant", params)
+        gamma = const_value(ln.inputs[1]).reshape(-1)
+        beta = const_value(ln.inputs[2]).reshape(-1) if v.ln_bias else None
+        bias = None
+        if v.with_bias:
+            node = m.get("bias_add")
+            x, bias_t = (node.inputs[1], node.inputs[0]) if v.bias_first else tuple(node.inputs)
+            if not is_const(bias_t):
+                return Reject("bias-not-constant", bias_t)
+            bias = channel_vector(const_value(bias_t), gamma.size, rank)
+            if bias is None:
+                return Reject("bias-shape-mismatch", bias_t)
+        if x.shape is None or skip.shape is None or list(x.shape) != list(skip.shape):
+            return Reject("residual-shapes-differ", skip)
+        eps = float(ln.attrs.get("epsilon", 1e-5))
+        if state.emit == "plugin":
+            if rank != 3:
+                return Reject("rank-not-3", skip)
+            if x.dtype is None or np.dtype(x.dtype) not in _TYPE_IDS:
+                return Reject("dtype-not-supported-by-plugin", x)
+            if eps > TRT_SKIP_LN_EPSILON:
+                return Reject("eps-not-supported-by-plugin")
+        return _Plan(x, skip, eps, gamma, beta, bias)
 
-    def rewrite(self, graph: gs.Graph, m: gs.PatternMapping, variant: str, ctx: PassContext, names: NameGen) -> list[gs.Node]:
-        (x, skip, eps, gamma, beta, bias), _ = self._analyse(m, variant)
+    def rewrite(self, m: Match[_Variant], plan: _Plan, state: State, names: NameGen) -> list[gs.Node]:
         out, name = m.outputs[0], names()
-        if self._emit == "ort":
-            consts = [gs.Constant(f"{name}/{k}", v) for k, v in (("gamma", gamma), ("beta", beta), ("bias", bias)) if v is not None]
-            return [gs.Node("SkipLayerNormalization", name=name, domain="com.microsoft", attrs={"epsilon": eps},
-                            inputs=[x, skip, *consts], outputs=[out])]
+        if state.emit == "ort":
+            consts = [gs.Constant(f"{name}/{k}", v) for k, v in (("gamma", plan.gamma), ("beta", plan.beta), ("bias", plan.bias))
+                      if v is not None]
+            return [gs.Node("SkipLayerNormalization", name=name, domain="com.microsoft", attrs={"epsilon": plan.eps},
+                            inputs=[plan.x, plan.skip, *consts], outputs=[out])]
         axes = [3, 4]
 
         def reshape(op: str, t: gs.Tensor, result: gs.Variable) -> gs.Node:
-            if int(graph.opset) >= 13:
-                return gs.Node(op, name=names(f"/{op.lower()}"), inputs=[t, gs.Constant(names("/axes"), np.array(axes, np.int64))], outputs=[result])
+            if int(state.graph.opset) >= 13:
+                return gs.Node(op, name=names(f"/{op.lower()}"), inputs=[t, gs.Constant(names("/axes"), np.array(axes, np.int64))],
+                               outputs=[result])
             return gs.Node(op, name=names(f"/{op.lower()}"), attrs={"axes": axes}, inputs=[t], outputs=[result])
 
+        x, gamma = plan.x, plan.gamma
         x5, skip5, out5 = (gs.Variable(names(suffix), dtype=x.dtype) for suffix in ("/input5d", "/skip5d", "/output5d"))
-        attrs = {"type_id": _TYPE_IDS[np.dtype(x.dtype)], "ld": int(gamma.size), "beta": beta if beta is not None else np.zeros_like(gamma),
-                 "gamma": gamma, "bias": bias if bias is not None else np.zeros_like(gamma)}
+        attrs = {"type_id": _TYPE_IDS[np.dtype(x.dtype)], "ld": int(gamma.size),
+                 "beta": plan.beta if plan.beta is not None else np.zeros_like(gamma),
+                 "gamma": gamma, "bias": plan.bias if plan.bias is not None else np.zeros_like(gamma)}
         plugin = make_plugin_node(SKIP_LN_PLUGIN, [x5, skip5], [out5], attrs, name)
-        return [reshape("Unsqueeze", x, x5), reshape("Unsqueeze", skip, skip5), plugin, reshape("Squeeze", out5, out)]
+        return [reshape("Unsqueeze", x, x5), reshape("Unsqueeze", plan.skip, skip5), plugin, reshape("Squeeze", out5, out)]
 
-    def _analyse(self, m: gs.PatternMapping, variant: str):
-        with_bias, bias_first, biased_first, ln_bias = _VARIANTS[variant]
-        residual, ln = m.get("residual"), m.get("ln")
-        x, skip = residual.inputs if biased_first else residual.inputs[::-1]
-        rank = tensor_rank(skip)
-        if ln.attrs.get("axis", -1) not in (-1, (rank or 0) - 1):
-            return None, "layernorm-axis-not-last"
-        if not all(is_const(t) for t in ln.inputs[1:]):
-            return None, "layernorm-params-not-constant"
-        gamma = const_value(ln.inputs[1]).reshape(-1)
-        beta = const_value(ln.inputs[2]).reshape(-1) if ln_bias else None
-        bias = None
-        if with_bias:
-            node = m.get("bias_add")
-            x, bias_t = (node.inputs[1], node.inputs[0]) if bias_first else tuple(node.inputs)
-            if not is_const(bias_t):
-                return None, "bias-not-constant"
-            bias = channel_vector(const_value(bias_t), gamma.size, rank)
-            if bias is None:
-                return None, "bias-shape-mismatch"
-        if x.shape is None or skip.shape is None or list(x.shape) != list(skip.shape):
-            return None, "residual-shapes-differ"
-        eps = float(ln.attrs.get("epsilon", 1e-5))
-        if self._emit == "plugin":
-            if rank != 3:
-                return None, "rank-not-3"
-            if x.dtype is None or np.dtype(x.dtype) not in _TYPE_IDS:
-                return None, "dtype-not-supported-by-plugin"
-            if eps > TRT_SKIP_LN_EPSILON:
-                return None, "eps-not-supported-by-plugin"
-        return (x, skip, eps, gamma, beta, bias), None
-
-    def unmatched_reason(self, node: gs.Node, graph: gs.Graph) -> str:
+    def unmatched_reason(self, node: gs.Node, state: State) -> str:
         src = producer(node.inputs[0])
         if src is None or src.op != "Add":
             return "input-not-a-residual-add"
-        if len(node.inputs[0].outputs) > 1 or node.inputs[0] in graph.outputs:
+        if len(node.inputs[0].outputs) > 1 or node.inputs[0] in state.graph.outputs:
             return "residual-sum-used-elsewhere"
         return "no-pattern-match"

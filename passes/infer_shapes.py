@@ -66,7 +66,6 @@ def _inferred_types(g: onnx.GraphProto) -> tuple[dict[str, _Typed], set[str]]:
 class InferShapesPass(Pass):
     name = "infer-shapes"
     summary = "Annotate tensors with ONNX shape inference (symbolic dims kept)."
-    preserves = frozenset({"NxView"})
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

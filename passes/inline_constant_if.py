@@ -21,46 +21,40 @@ collide with names of the enclosing graph are renamed ``inline-constant-if/<n>``
 """
 from __future__ import annotations
 
-import logging
-
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value, disconnect
-from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import NodeRewritePass
+from surgery.rewrite import NodeRewritePass, Reject, State
 
 __all__ = ["InlineConstantIfPass"]
 
-log = logging.getLogger(__name__)
-
-
-def _verdict(node: gs.Node) -> gs.Graph | str:
-    value = const_value(node.inputs[0]) if node.inputs else None
-    if value is None:
-        return "condition-not-constant"
-    if value.size != 1:
-        return "condition-not-scalar"
-    branch = node.attrs["then_branch" if bool(value.reshape(-1)[0]) else "else_branch"]
-    if len(branch.outputs) != len(node.outputs):
-        return "output-count-mismatch"
-    return branch
-
 
 @register_pass
-class InlineConstantIfPass(NodeRewritePass):
+class InlineConstantIfPass(NodeRewritePass[State]):
+    """The plan is the branch the constant condition selects."""
+
     name = "inline-constant-if"
     summary = "Inline the branch an If with a constant condition always takes."
     ops = ("If",)
 
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> gs.Graph | str:
-        return _verdict(node)
+    def check(self, node: gs.Node, state: State) -> gs.Graph | Reject:
+        cond = node.inputs[0] if node.inputs else None
+        value = const_value(cond)
+        if value is None:
+            return Reject("condition-not-constant", cond)
+        if value.size != 1:
+            return Reject("condition-not-scalar", cond)
+        branch = node.attrs["then_branch" if bool(value.reshape(-1)[0]) else "else_branch"]
+        if len(branch.outputs) != len(node.outputs):
+            return Reject("output-count-mismatch")
+        return branch
 
-    def rewrite(self, node: gs.Node, branch: gs.Graph, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
-        return self._inline(node, branch, names), "inlined"
+    def outcome(self, node: gs.Node, plan: gs.Graph) -> str:
+        return "inlined"
 
-    @staticmethod
-    def _inline(node: gs.Node, branch: gs.Graph, names: NameGen) -> list[gs.Node]:
+    def rewrite(self, node: gs.Node, branch: gs.Graph, state: State, names: NameGen) -> list[gs.Node]:
+        """Move the branch's nodes out; its outputs are written to the If's own output tensors."""
         produced = {id(t) for n in branch.nodes for t in n.outputs}
         for inner in branch.nodes:
             if inner.name in names.taken:

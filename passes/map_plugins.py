@@ -199,7 +199,7 @@ class MapPluginsPass(Pass):
     summary = "Replace nodes (by op type or fusion pattern) with TensorRT plugin nodes from a --plugin-map file"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        raw = ctx.option("plugin_map")
+        raw = ctx.options.plugin_map
         if raw is None:
             raise UserInputError("map-plugins needs a plugin map (surgery optimize --plugin-map FILE.toml)")
         rules = raw if isinstance(raw, list) else parse_plugin_map(raw)

@@ -24,19 +24,29 @@ input 0, where the cubic weights are (0, 1, 0, 0).
 """
 from __future__ import annotations
 
-import logging
+from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import NodeRewritePass
+from surgery.rewrite import NodeRewritePass, Reject, State
 
 __all__ = ["NormalizeResizePass"]
 
-log = logging.getLogger(__name__)
+
+class _Stretch(NamedTuple):
+    """Plan of the aspect-ratio rule: the sizes the policy yields."""
+
+    sizes: np.ndarray
+
+
+class _Cubic2d(NamedTuple):
+    """Plan of the 1-D cubic rule: the constant scales or sizes, and which of the two they are."""
+
+    values: np.ndarray
+    is_sizes: bool
 
 
 def _s(value) -> str:
@@ -53,76 +63,82 @@ def _static_dims(x: gs.Tensor) -> list[int] | None:
     return [int(d) for d in x.shape]
 
 
-def _aspect(node: gs.Node) -> tuple | str | None:
+def _aspect(node: gs.Node) -> _Stretch | Reject | None:
     policy = _s(node.attrs.get("keep_aspect_ratio_policy", "stretch"))
     if policy == "stretch" or _input(node, 3) is None:
         return None
     sizes = const_value(_input(node, 3))
     if sizes is None:
-        return "scales-not-constant"
+        return Reject("scales-not-constant", _input(node, 3))
     dims = _static_dims(node.inputs[0])
     if dims is None:
-        return "input-shape-unknown"
+        return Reject("input-shape-unknown", node.inputs[0])
     axes = [int(a) % len(dims) for a in node.attrs.get("axes", range(len(dims)))]
     ratios = [float(s) / dims[a] for s, a in zip(sizes.reshape(-1), axes)]
     scale = min(ratios) if policy == "not_larger" else max(ratios)
     exact = [scale * dims[a] for a in axes]
     if any(abs(v - round(v)) > 1e-9 for v in exact):
-        return "aspect-rounding"
-    return ("aspect", np.array([round(v) for v in exact], np.int64))
+        return Reject("aspect-rounding", _input(node, 3))
+    return _Stretch(np.array([round(v) for v in exact], np.int64))
 
 
-def _cubic_1d(node: gs.Node) -> tuple | str | None:
+def _cubic_1d(node: gs.Node) -> _Cubic2d | Reject | None:
     x = node.inputs[0]
     if _s(node.attrs.get("mode", "nearest")) != "cubic" or x.shape is None or len(x.shape) != 3:
         return None
     if _s(node.attrs.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
-        return "crop-and-resize"
-    scales, sizes = _input(node, 2), _input(node, 3)
-    values = const_value(sizes if sizes is not None else scales) if (sizes or scales) is not None else None
+        return Reject("crop-and-resize")
+    sizes = _input(node, 3)
+    param = sizes if sizes is not None else _input(node, 2)
+    values = const_value(param)
     if values is None:
-        return "scales-not-constant"
-    return ("cubic", np.asarray(values), sizes is not None)
+        return Reject("scales-not-constant", param)
+    return _Cubic2d(np.asarray(values), sizes is not None)
 
 
 @register_pass
-class NormalizeResizePass(NodeRewritePass):
+class NormalizeResizePass(NodeRewritePass[State]):
+    """Plans are ``_Stretch`` (outcome "aspect") or ``_Cubic2d`` (outcome "cubic")."""
+
     name = "normalize-resize"
     summary = "Keep-aspect-ratio Resize -> stretch with explicit sizes; 1-D cubic Resize -> 2-D."
     ops = ("Resize",)
 
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> tuple | str | None:
-        if int(graph.opset or 0) < 11:
+    def check(self, node: gs.Node, state: State) -> _Stretch | _Cubic2d | Reject | None:
+        if int(state.graph.opset or 0) < 11:
             return None
-        return _aspect(node) or _cubic_1d(node)
+        plan = _aspect(node)
+        return plan if plan is not None else _cubic_1d(node)
 
-    def rewrite(self, node: gs.Node, plan: tuple, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
-        return getattr(self, f"_{plan[0]}")(node, plan, names), plan[0]
+    def outcome(self, node: gs.Node, plan: _Stretch | _Cubic2d) -> str:
+        return "aspect" if isinstance(plan, _Stretch) else "cubic"
 
-    @staticmethod
-    def _aspect(node: gs.Node, plan: tuple, names: NameGen) -> list[gs.Node]:
-        node.inputs[3] = gs.Constant(names("/sizes"), plan[1])
-        node.attrs["keep_aspect_ratio_policy"] = "stretch"
-        return [node]
+    def rewrite(self, node: gs.Node, plan: _Stretch | _Cubic2d, state: State, names: NameGen) -> list[gs.Node]:
+        if isinstance(plan, _Stretch):
+            node.inputs[3] = gs.Constant(names("/sizes"), plan.sizes)
+            node.attrs["keep_aspect_ratio_policy"] = "stretch"
+            return [node]
+        return _lift_cubic(node, plan, names)
 
-    @staticmethod
-    def _cubic(node: gs.Node, plan: tuple, names: NameGen) -> list[gs.Node]:
-        values, is_sizes = plan[1].reshape(-1), plan[2]
-        axes = [int(a) % 3 for a in node.attrs.pop("axes", [0, 1, 2])]
-        full = np.array([1, 1, 1], dtype=values.dtype) if not is_sizes else np.array(node.inputs[0].shape, np.int64)
-        for a, v in zip(axes, values):
-            full[a] = v
-        lifted = np.concatenate([full[:2], np.array([1], full.dtype), full[2:]])
-        x, out = node.inputs[0], node.outputs[0]
-        axis2 = gs.Constant(names("/axes"), np.array([2], np.int64))
-        x4 = gs.Variable(names(), dtype=x.dtype)
-        y4 = gs.Variable(names(), dtype=out.dtype)
-        empty = gs.Variable.empty()
-        param = gs.Constant(names("/sizes" if is_sizes else "/scales"), lifted)
-        inputs = [x4, empty, empty if is_sizes else param]  # the ROI only matters for tf_crop_and_resize
-        if is_sizes:
-            inputs.append(param)
-        attrs = dict(node.attrs)
-        return [gs.Node("Unsqueeze", name=names(), inputs=[x, axis2], outputs=[x4]),
-                gs.Node("Resize", name=names(), attrs=attrs, inputs=inputs, outputs=[y4]),
-                gs.Node("Squeeze", name=names(), inputs=[y4, axis2], outputs=[out])]
+
+def _lift_cubic(node: gs.Node, plan: _Cubic2d, names: NameGen) -> list[gs.Node]:
+    """Unsqueeze(x, 2) -> Resize on [N,C,1,L] with scale/size 1 on the new axis -> Squeeze(2)."""
+    values, is_sizes = plan.values.reshape(-1), plan.is_sizes
+    axes = [int(a) % 3 for a in node.attrs.pop("axes", [0, 1, 2])]
+    full = np.array([1, 1, 1], dtype=values.dtype) if not is_sizes else np.array(node.inputs[0].shape, np.int64)
+    for a, v in zip(axes, values):
+        full[a] = v
+    lifted = np.concatenate([full[:2], np.array([1], full.dtype), full[2:]])
+    x, out = node.inputs[0], node.outputs[0]
+    axis2 = gs.Constant(names("/axes"), np.array([2], np.int64))
+    x4 = gs.Variable(names(), dtype=x.dtype)
+    y4 = gs.Variable(names(), dtype=out.dtype)
+    empty = gs.Variable.empty()
+    param = gs.Constant(names("/sizes" if is_sizes else "/scales"), lifted)
+    inputs = [x4, empty, empty if is_sizes else param]  # the ROI only matters for tf_crop_and_resize
+    if is_sizes:
+        inputs.append(param)
+    attrs = dict(node.attrs)
+    return [gs.Node("Unsqueeze", name=names(), inputs=[x, axis2], outputs=[x4]),
+            gs.Node("Resize", name=names(), attrs=attrs, inputs=inputs, outputs=[y4]),
+            gs.Node("Squeeze", name=names(), inputs=[y4, axis2], outputs=[out])]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from surgery.errors import VerificationError
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
@@ -40,3 +41,10 @@ class RemoveDeadNodesPass(Pass):
         result.changed = result.stats["nodes"] + result.stats["initializers"] + result.stats["inputs"]
         result.stats = +result.stats
         return result
+
+    def ensures(self, graph: gs.Graph, ctx: PassContext, result: PassResult) -> None:
+        """Every node left writes a tensor something reads (a node, a subgraph, or a graph output)."""
+        outputs = {id(t) for t in graph.outputs}
+        dead = [n.name for n in graph.nodes if not any(t.outputs or id(t) in outputs for t in n.outputs)]
+        if dead:
+            raise VerificationError(f"remove-dead-nodes left {len(dead)} node(s) nothing reads: {', '.join(dead[:5])}")

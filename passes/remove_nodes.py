@@ -23,7 +23,6 @@ Numerics: intentionally changed: the removed node no longer computes anything.
 """
 from __future__ import annotations
 
-import logging
 
 import onnx_graphsurgeon as gs
 
@@ -32,8 +31,6 @@ from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
 __all__ = ["RemoveNodesPass"]
-
-log = logging.getLogger(__name__)
 
 
 def _shapes_differ(a: gs.Tensor, b: gs.Tensor) -> bool:
@@ -68,8 +65,8 @@ class RemoveNodesPass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        names = list(ctx.option("remove_names") or [])
-        ops = set(ctx.option("remove_ops") or [])
+        names = list(ctx.options.remove_names)
+        ops = set(ctx.options.remove_ops)
         if not names and not ops:
             return result
         wanted = set(names)

@@ -27,19 +27,34 @@ rounding, well below 1e-5 relative for the sizes exported models use).
 """
 from __future__ import annotations
 
-import logging
+from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen
-from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import NodeRewritePass
+from surgery.rewrite import NodeRewritePass, Reject, State
 
 __all__ = ["RewriteEinsumPass", "plan_einsum"]
 
-log = logging.getLogger(__name__)
+
+class TransposePlan(NamedTuple):
+    """One operand permuted: ``out = Transpose(x, perm)`` (Identity when ``perm`` is empty)."""
+
+    perm: list[int]
+
+
+class MatMulPlan(NamedTuple):
+    """Two operands: operand perms to [batch, row, k] / [batch, k, col], whether a row / column letter
+    exists (else an axis is unsqueezed and squeezed again), and the perm of the result to the output."""
+
+    perm_a: list[int]
+    perm_b: list[int]
+    rows: bool
+    cols: bool
+    perm_out: list[int]
+    nbatch: int
 
 
 def _parse(equation: str) -> tuple[list[str], str] | str:
@@ -56,7 +71,7 @@ def _parse(equation: str) -> tuple[list[str], str] | str:
     return terms, rhs
 
 
-def plan_einsum(equation: str) -> dict | str:
+def plan_einsum(equation: str) -> TransposePlan | MatMulPlan | str:
     """The lowering plan of an equation, or the rejection reason."""
     parsed = _parse(equation)
     if isinstance(parsed, str):
@@ -65,7 +80,7 @@ def plan_einsum(equation: str) -> dict | str:
     if len(terms) == 1:
         if sorted(terms[0]) != sorted(out):
             return "one-operand-reduction"
-        return {"kind": "transpose", "perm": [terms[0].index(c) for c in out]}
+        return TransposePlan([terms[0].index(c) for c in out])
     if len(terms) != 2:
         return "operand-count"
     a, b = terms
@@ -82,25 +97,28 @@ def plan_einsum(equation: str) -> dict | str:
     if len(contracted) > 1 or len(rows) > 1 or len(cols) > 1:
         return "grouped-axes"
     k = contracted[0]
-    return {"kind": "matmul", "perm_a": [a.index(c) for c in batch + rows + [k]],
-            "perm_b": [b.index(c) for c in batch + [k] + cols], "rows": bool(rows), "cols": bool(cols),
-            "perm_out": [(batch + rows + cols).index(c) for c in out], "nbatch": len(batch)}
+    return MatMulPlan(perm_a=[a.index(c) for c in batch + rows + [k]], perm_b=[b.index(c) for c in batch + [k] + cols],
+                      rows=bool(rows), cols=bool(cols), perm_out=[(batch + rows + cols).index(c) for c in out],
+                      nbatch=len(batch))
 
 
 @register_pass
-class RewriteEinsumPass(NodeRewritePass):
+class RewriteEinsumPass(NodeRewritePass[State]):
+    """Plans are ``TransposePlan`` (outcome "transpose") or ``MatMulPlan`` (outcome "matmul")."""
+
     name = "rewrite-einsum"
     summary = "Lower Einsum (batched-matmul equations and pure transposes) to MatMul/Transpose."
     ops = ("Einsum",)
 
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> dict | str:
-        return plan_einsum(str(node.attrs.get("equation", "")))
+    def check(self, node: gs.Node, state: State) -> TransposePlan | MatMulPlan | Reject:
+        plan = plan_einsum(str(node.attrs.get("equation", "")))
+        return Reject(plan) if isinstance(plan, str) else plan
 
-    def rewrite(self, node: gs.Node, plan: dict, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
-        return self._lower(node, plan, names, graph.opset), plan["kind"]
+    def outcome(self, node: gs.Node, plan: TransposePlan | MatMulPlan) -> str:
+        return "transpose" if isinstance(plan, TransposePlan) else "matmul"
 
-    @staticmethod
-    def _lower(node: gs.Node, plan: dict, names: NameGen, opset: int) -> list[gs.Node]:
+    def rewrite(self, node: gs.Node, plan: TransposePlan | MatMulPlan, state: State, names: NameGen) -> list[gs.Node]:
+        opset = int(state.graph.opset)
         out = node.outputs[0]
         dtype = out.dtype
         new: list[gs.Node] = []
@@ -115,24 +133,24 @@ class RewriteEinsumPass(NodeRewritePass):
                 return emit(op, [x], {"axes": values}, dst)
             return emit(op, [x, gs.Constant(names("/axes"), np.array(values, np.int64))], dst=dst)
 
-        if plan["kind"] == "transpose":
-            perm = plan["perm"]
+        if isinstance(plan, TransposePlan):
+            perm = plan.perm
             emit("Transpose" if perm else "Identity", [node.inputs[0]], {"perm": perm} if perm else {}, out)
             return new
         a, b = node.inputs
-        if plan["perm_a"] != sorted(plan["perm_a"]):
-            a = emit("Transpose", [a], {"perm": plan["perm_a"]})
-        if plan["perm_b"] != sorted(plan["perm_b"]):
-            b = emit("Transpose", [b], {"perm": plan["perm_b"]})
-        if not plan["rows"]:
+        if plan.perm_a != sorted(plan.perm_a):
+            a = emit("Transpose", [a], {"perm": plan.perm_a})
+        if plan.perm_b != sorted(plan.perm_b):
+            b = emit("Transpose", [b], {"perm": plan.perm_b})
+        if not plan.rows:
             a = squeeze_op("Unsqueeze", a, [-2])
-        if not plan["cols"]:
+        if not plan.cols:
             b = squeeze_op("Unsqueeze", b, [-1])
-        squeeze = ([] if plan["rows"] else [-2]) + ([] if plan["cols"] else [-1])
-        identity_out = plan["perm_out"] == sorted(plan["perm_out"])
+        squeeze = ([] if plan.rows else [-2]) + ([] if plan.cols else [-1])
+        identity_out = plan.perm_out == sorted(plan.perm_out)
         y = emit("MatMul", [a, b], dst=out if not squeeze and identity_out else None)
         if squeeze:
             y = squeeze_op("Squeeze", y, squeeze, dst=out if identity_out else None)
         if not identity_out:
-            emit("Transpose", [y], {"perm": plan["perm_out"]}, out)
+            emit("Transpose", [y], {"perm": plan.perm_out}, out)
         return new

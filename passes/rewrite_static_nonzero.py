@@ -22,19 +22,16 @@ Numerics: exact (the same elements are selected in the same order).
 """
 from __future__ import annotations
 
-import logging
+from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value, disconnect
-from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import NodeRewritePass
+from surgery.rewrite import NodeRewritePass, Reject, State
 
 __all__ = ["RewriteStaticNonzeroPass"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ELEMENTS = 1 << 20
 
@@ -54,8 +51,17 @@ def _mask_chain(node: gs.Node, graph: gs.Graph) -> list[gs.Node]:
     return [tr]
 
 
+class _Selection(NamedTuple):
+    """The plan: the constant mask, and for a NonZero the [Transpose, Squeeze] chain folded with it."""
+
+    mask: np.ndarray
+    chain: list[gs.Node]
+
+
 @register_pass
-class RewriteStaticNonzeroPass(NodeRewritePass):
+class RewriteStaticNonzeroPass(NodeRewritePass[State]):
+    """``max_elements`` bounds the mask size (a pass parameter); the outcome is the op rewritten."""
+
     name = "rewrite-static-nonzero"
     summary = "Turn NonZero of a constant mask into constant indices, and Compress with a constant condition into Gather."
     ops = ("NonZero", "Compress")
@@ -63,44 +69,52 @@ class RewriteStaticNonzeroPass(NodeRewritePass):
     def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         self.max_elements = max_elements
 
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> np.ndarray | str:
-        mask = const_value(node.inputs[0 if node.op == "NonZero" else 1])
+    def check(self, node: gs.Node, state: State) -> _Selection | Reject:
+        source = node.inputs[0 if node.op == "NonZero" else 1]
+        mask = const_value(source)
         if mask is None:
-            return "mask-not-constant"
+            return Reject("mask-not-constant", source)
         if mask.size > self.max_elements:
-            return "too-large"
+            return Reject("too-large", source)
         if not np.any(mask):
-            return "empty-selection"
-        return np.asarray(mask)
+            return Reject("empty-selection", source)
+        mask = np.asarray(mask)
+        chain = _mask_chain(node, state.graph) if node.op == "NonZero" and mask.ndim == 1 else []
+        return _Selection(mask, chain)
 
-    def rewrite(self, node: gs.Node, mask: np.ndarray, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
-        lower = self._nonzero if node.op == "NonZero" else self._compress
-        return lower(graph, node, mask, names), node.op
+    def outcome(self, node: gs.Node, plan: _Selection) -> str:
+        return node.op
 
-    @staticmethod
-    def _nonzero(graph: gs.Graph, node: gs.Node, mask: np.ndarray, names: NameGen) -> list[gs.Node]:
-        values = np.array(np.nonzero(mask), dtype=np.int64)
-        chain = _mask_chain(node, graph) if mask.ndim == 1 else []
-        if chain:
-            values = values.T
-        if len(chain) == 2:
-            values = values.reshape(-1)
-        last = chain[-1] if chain else node
-        out = last.outputs[0]
-        const = gs.Node("Constant", name=names(), attrs={"value": gs.Constant(names("/value"), values)}, outputs=[out])
-        disconnect(chain)
-        return [const]
+    def rewrite(self, node: gs.Node, plan: _Selection, state: State, names: NameGen) -> list[gs.Node]:
+        if node.op == "NonZero":
+            return _nonzero(node, plan, names)
+        return _compress(node, plan.mask, names)
 
-    @staticmethod
-    def _compress(graph: gs.Graph, node: gs.Node, mask: np.ndarray, names: NameGen) -> list[gs.Node]:
-        x, out = node.inputs[0], node.outputs[0]
-        indices = gs.Constant(names("/indices"), np.flatnonzero(mask.reshape(-1)).astype(np.int64))
-        axis = node.attrs.get("axis")
-        new = []
-        if axis is None:
-            flat = gs.Variable(names(), dtype=x.dtype)
-            minus1 = gs.Constant(names("/shape"), np.array([-1], np.int64))
-            new.append(gs.Node("Reshape", name=names(), inputs=[x, minus1], outputs=[flat]))
-            x, axis = flat, 0
-        new.append(gs.Node("Gather", name=names(), attrs={"axis": int(axis)}, inputs=[x, indices], outputs=[out]))
-        return new
+
+def _nonzero(node: gs.Node, plan: _Selection, names: NameGen) -> list[gs.Node]:
+    """One Constant node writing the indices where the chain (or the NonZero) wrote them."""
+    values = np.array(np.nonzero(plan.mask), dtype=np.int64)
+    if plan.chain:
+        values = values.T
+    if len(plan.chain) == 2:
+        values = values.reshape(-1)
+    last = plan.chain[-1] if plan.chain else node
+    out = last.outputs[0]
+    const = gs.Node("Constant", name=names(), attrs={"value": gs.Constant(names("/value"), values)}, outputs=[out])
+    disconnect(plan.chain)
+    return [const]
+
+
+def _compress(node: gs.Node, mask: np.ndarray, names: NameGen) -> list[gs.Node]:
+    """Gather of the selected indices (of the flattened input when Compress has no axis)."""
+    x, out = node.inputs[0], node.outputs[0]
+    indices = gs.Constant(names("/indices"), np.flatnonzero(mask.reshape(-1)).astype(np.int64))
+    axis = node.attrs.get("axis")
+    new = []
+    if axis is None:
+        flat = gs.Variable(names(), dtype=x.dtype)
+        minus1 = gs.Constant(names("/shape"), np.array([-1], np.int64))
+        new.append(gs.Node("Reshape", name=names(), inputs=[x, minus1], outputs=[flat]))
+        x, axis = flat, 0
+    new.append(gs.Node("Gather", name=names(), attrs={"axis": int(axis)}, inputs=[x, indices], outputs=[out]))
+    return new

@@ -22,26 +22,24 @@ Numerics: exact; each element receives exactly one reduction, computed by the sa
 """
 from __future__ import annotations
 
-import logging
 from typing import NamedTuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import NodeRewritePass
+from surgery.rewrite import NodeRewritePass, Reject, State
 
 __all__ = ["RewriteStaticScatterPass"]
-
-log = logging.getLogger(__name__)
 
 _REDUCE = {"add": "Add", "mul": "Mul", "max": "Max", "min": "Min"}
 
 
 class _Plan(NamedTuple):
-    op: str  # the binary op that pre-reduces the updates (a bare str would read as a rejection)
+    """The binary op that pre-reduces the updates."""
+
+    op: str
 
 
 def _dim(x: gs.Tensor, axis: int) -> int | None:
@@ -51,8 +49,8 @@ def _dim(x: gs.Tensor, axis: int) -> int | None:
     return int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None
 
 
-def _targets(node: gs.Node, idx: np.ndarray) -> np.ndarray | str:
-    """Every written coordinate as a row (negative indices normalised), or a rejection reason."""
+def _targets(node: gs.Node, idx: np.ndarray) -> np.ndarray | Reject:
+    """Every written coordinate as a row (negative indices normalised), or why they are unknown."""
     x = node.inputs[0]
     idx = idx.astype(np.int64)
     if node.op == "ScatterElements":
@@ -60,7 +58,7 @@ def _targets(node: gs.Node, idx: np.ndarray) -> np.ndarray | str:
         if (idx < 0).any():
             size = _dim(x, axis)
             if size is None:
-                return "negative-index-unknown-dim"
+                return Reject("negative-index-unknown-dim", x)
             idx = np.where(idx < 0, idx + size, idx)
         grid = np.indices(idx.shape).reshape(idx.ndim, -1)
         grid[axis] = idx.reshape(-1)
@@ -70,35 +68,41 @@ def _targets(node: gs.Node, idx: np.ndarray) -> np.ndarray | str:
     if (rows < 0).any():
         sizes = [_dim(x, a) for a in range(k)]
         if any(s is None for s in sizes):
-            return "negative-index-unknown-dim"
+            return Reject("negative-index-unknown-dim", x)
         rows = np.where(rows < 0, rows + np.array(sizes), rows)
     return rows
 
 
 @register_pass
-class RewriteStaticScatterPass(NodeRewritePass):
+class RewriteStaticScatterPass(NodeRewritePass[State]):
+    """Outcomes are ``<op>:<binary op>``, e.g. ``ScatterND:Add``."""
+
     name = "rewrite-static-scatter"
     summary = "Turn reducing ScatterElements/ScatterND with constant distinct indices into plain scatters."
     ops = ("ScatterElements", "ScatterND")
 
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> str | None:
+    def check(self, node: gs.Node, state: State) -> _Plan | Reject | None:
         reduction = node.attrs.get("reduction", "none")
         reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
         if reduction == "none":
             return None  # already the form TensorRT takes
-        idx = const_value(node.inputs[1])
         if reduction not in _REDUCE:
-            return "unknown-reduction"
+            return Reject("unknown-reduction")
+        idx = const_value(node.inputs[1])
         if idx is None:
-            return "indices-not-constant"
+            return Reject("indices-not-constant", node.inputs[1])
         rows = _targets(node, np.asarray(idx))
-        if isinstance(rows, str):
+        if isinstance(rows, Reject):
             return rows
         if len(np.unique(rows, axis=0)) != len(rows):
-            return "duplicate-indices"
+            return Reject("duplicate-indices", node.inputs[1])
         return _Plan(_REDUCE[reduction])
 
-    def rewrite(self, node: gs.Node, plan: _Plan, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
+    def outcome(self, node: gs.Node, plan: _Plan) -> str:
+        return f"{node.op}:{plan.op}"
+
+    def rewrite(self, node: gs.Node, plan: _Plan, state: State, names: NameGen) -> list[gs.Node]:
+        """GatherElements/GatherND of the data at the indices, reduced with the updates; the scatter is kept, plain."""
         x, idx, updates = node.inputs
         gathered = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
         combined = gs.Variable(names(), dtype=updates.dtype, shape=updates.shape)
@@ -110,4 +114,4 @@ class RewriteStaticScatterPass(NodeRewritePass):
         reduce = gs.Node(plan.op, name=names(), inputs=[gathered, updates], outputs=[combined])
         node.inputs[2] = combined
         node.attrs.pop("reduction")
-        return [gather, reduce, node], f"{node.op}:{plan.op}"
+        return [gather, reduce, node]

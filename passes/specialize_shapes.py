@@ -17,7 +17,6 @@ Numerics: unchanged for inputs of the given shape; other shapes are no longer ac
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import onnx_graphsurgeon as gs
@@ -28,8 +27,6 @@ from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
 __all__ = ["SpecializeShapesPass"]
-
-log = logging.getLogger(__name__)
 
 
 def _validated(tensor: gs.Tensor, dims: Any) -> list[int]:
@@ -57,7 +54,7 @@ class SpecializeShapesPass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        wanted = ctx.option("input_shapes") or {}
+        wanted = ctx.options.input_shapes or {}
         if not isinstance(wanted, dict):
             raise UserInputError(f"input_shapes: expected a mapping of input name to dims, got {type(wanted).__name__}")
         inputs = {t.name: t for t in graph.inputs}

@@ -14,7 +14,8 @@ Requires: nothing.
 
 Rejects:
     trip-count-not-constant: M is absent (an unbounded loop) or computed at run time.
-    too-many-iterations: M exceeds ``max_iters`` (default 16; the body would be copied too often).
+    too-many-iterations: M exceeds ``ctx.options.unroll_max_iters``, or when that is None the pass's
+        ``max_iters`` (default 16; the body would be copied too often).
     zero-iterations: M is 0 or the initial condition is false (scan outputs would be empty tensors of
         unknown shape).
     condition-not-constant: the initial condition is computed at run time.
@@ -25,19 +26,17 @@ Numerics: exact; the same nodes run in the same order on the same values.
 """
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.pass_base import PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.registry import register_pass
-from surgery.rewrite import NodeRewritePass
+from surgery.rewrite import NodeRewritePass, Reject, State
 
 __all__ = ["UnrollLoopPass"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ITERS = 16
 
@@ -59,49 +58,55 @@ def _always_true(t: gs.Tensor, cond_in: gs.Tensor) -> bool:
     return False
 
 
-def _verdict(node: gs.Node, max_iters: int) -> int | str:
-    trip = const_value(node.inputs[0]) if node.inputs and node.inputs[0].name else None
-    if trip is None or trip.size != 1:
-        return "trip-count-not-constant"
-    count = int(trip.reshape(-1)[0])
-    if count > max_iters:
-        return "too-many-iterations"
-    if len(node.inputs) > 1 and node.inputs[1].name:
-        cond = const_value(node.inputs[1])
-        if cond is None or cond.size != 1:
-            return "condition-not-constant"
-        if not bool(cond.reshape(-1)[0]):
-            return "zero-iterations"
-    if count <= 0:
-        return "zero-iterations"
-    body: gs.Graph = node.attrs["body"]
-    if not _always_true(body.outputs[0], body.inputs[1]):
-        return "data-dependent-condition"
-    if any(isinstance(v, gs.Graph) for n in body.nodes for v in n.attrs.values()):
-        return "nested-subgraph"
-    return count
+@dataclass
+class UnrollState(State):
+    max_iters: int  # loops with more iterations stay loops
 
 
 @register_pass
-class UnrollLoopPass(NodeRewritePass):
+class UnrollLoopPass(NodeRewritePass[UnrollState]):
+    """The plan is the trip count; the outcome is ``unrolled:<count>``."""
+
     name = "unroll-loop"
     summary = "Unroll a Loop with a constant trip count (at most max_iters) and no data-dependent condition."
     ops = ("Loop",)
 
     def __init__(self, max_iters: int = DEFAULT_MAX_ITERS) -> None:
-        self.max_iters = max_iters
+        self.max_iters = max_iters  # the default of ctx.options.unroll_max_iters
 
-    def decide(self, node: gs.Node, graph: gs.Graph, ctx: PassContext) -> int | str:
-        return _verdict(node, int(ctx.option("unroll_max_iters", self.max_iters)))
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> UnrollState:
+        limit = ctx.options.unroll_max_iters
+        return UnrollState(graph, ctx, int(self.max_iters if limit is None else limit))
 
-    def rewrite(self, node: gs.Node, count: int, graph: gs.Graph, ctx: PassContext, names: NameGen) -> tuple[list[gs.Node], str]:
-        return self._unroll(node, count, names), f"unrolled:{count}"
+    def check(self, node: gs.Node, state: UnrollState) -> int | Reject:
+        trip_t = node.inputs[0] if node.inputs and node.inputs[0].name else None
+        trip = const_value(trip_t)
+        if trip is None or trip.size != 1:
+            return Reject("trip-count-not-constant", trip_t)
+        count = int(trip.reshape(-1)[0])
+        if count > state.max_iters:
+            return Reject("too-many-iterations", trip_t)
+        if len(node.inputs) > 1 and node.inputs[1].name:
+            cond = const_value(node.inputs[1])
+            if cond is None or cond.size != 1:
+                return Reject("condition-not-constant", node.inputs[1])
+            if not bool(cond.reshape(-1)[0]):
+                return Reject("zero-iterations", node.inputs[1])
+        if count <= 0:
+            return Reject("zero-iterations", trip_t)
+        body: gs.Graph = node.attrs["body"]
+        if not _always_true(body.outputs[0], body.inputs[1]):
+            return Reject("data-dependent-condition")
+        if any(isinstance(v, gs.Graph) for n in body.nodes for v in n.attrs.values()):
+            return Reject("nested-subgraph")
+        return count
 
-    def record(self, result: PassResult, count: int) -> None:
-        result.stats["iterations"] += count
+    def outcome(self, node: gs.Node, count: int) -> str:
+        return f"unrolled:{count}"
 
-    @staticmethod
-    def _unroll(node: gs.Node, count: int, names: NameGen) -> list[gs.Node]:
+    def rewrite(self, node: gs.Node, count: int, state: UnrollState, names: NameGen) -> list[gs.Node]:
+        """``count`` copies of the body chained through the carried values; scans stacked by Concat."""
+        state.stats["iterations"] += count
         body: gs.Graph = node.attrs["body"]
         body.toposort(recurse_subgraphs=False)
         n_carried = len(body.inputs) - 2

@@ -6,7 +6,6 @@ tensor's bytes into one data file per model, so a 2 GB+ model is never held whol
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections import Counter
@@ -24,7 +23,6 @@ from surgery.normalize import MIN_IR_VERSION, normalize
 
 gs_compat.install()
 
-log = logging.getLogger(__name__)
 
 MAX_IR_VERSION = 10  # onnxruntime >= 1.17 and TensorRT 10 read it; onnx 1.23 would write 14
 PROTOBUF_LIMIT = 2**31 - 1

@@ -14,6 +14,10 @@ hundreds of commuted variants per run, so that overhead dominated. Here a candid
 
 Each of these is a condition ``GraphPattern._match_node`` itself enforces, so skipping a candidate
 that fails one never loses a match.
+
+One deliberate difference: gs 0.6 does not walk on from a pattern output tensor, so when a pattern
+output also feeds another pattern node it can return a mapping that leaves pattern nodes unmapped.
+A rewrite of such a partial match would replace nodes it never looked at, so those are dropped here.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from collections import Counter
 
 import onnx_graphsurgeon as gs
 
-__all__ = ["entry_op", "match_all", "required_ops"]
+__all__ = ["OpIndex", "complete", "entry_op", "match_all", "required_ops"]
 
 _OP = operator.attrgetter("op")
 
@@ -31,23 +35,18 @@ _OP = operator.attrgetter("op")
 def entry_op(pattern: gs.GraphPattern, tensor_index: int = 0) -> str | None:
     """The op of the pattern node that ``GraphPattern.match`` compares a candidate node against
     first (through nested patterns), or None when it cannot be told."""
-    try:
-        while pattern.op is None:
-            tensor, first = pattern._get_inbound(tensor_index)
-            if first is None:
-                return None
-            tensor_index = pattern._get_tensor_index_for_node(first, tensor, is_node_input=True)
-            pattern = pattern.nodes[first]
-        return pattern.op
-    except Exception:  # a gs version with other internals: fall back to trying every node
-        return None
+    while pattern.op is None:
+        tensor, first = pattern._get_inbound(tensor_index)
+        if first is None:
+            return None
+        tensor_index = pattern._get_tensor_index_for_node(first, tensor, is_node_input=True)
+        pattern = pattern.nodes[first]
+    return pattern.op
 
 
 def _entry_node(pattern: gs.GraphPattern) -> str | None:
-    try:
-        return pattern._get_inbound(0)[1]
-    except Exception:  # another gs version's internals
-        return None
+    """The pattern node ``GraphPattern.match`` maps a candidate to first (gs's ``_get_inbound(0)``)."""
+    return pattern._get_inbound(0)[1]
 
 
 def required_ops(pattern: gs.GraphPattern) -> Counter[str]:
@@ -162,12 +161,8 @@ class _Walk:
             if taken.get(id(g), name) != name or g.op != self.pattern.nodes[name].op:
                 return False
             check = self.pattern.nodes[name].check_func
-            if check is not None:
-                try:
-                    if not check(g):
-                        return False
-                except Exception:  # let gs decide
-                    pass
+            if check is not None and not check(g):
+                return False
             mapped[name], taken[id(g)] = g, name
             todo.append(name)
             return True
@@ -258,80 +253,47 @@ class _Plan:
         self.op = entry_op(pattern)
         self.required = required_ops(pattern)
         entry = _entry_node(pattern) if pattern.op is None else None
-        try:
-            leaf = entry is not None and pattern.nodes[entry].op is not None
-            if leaf:
-                first, walk = _EntryCheck(pattern, entry), _Walk(pattern, entry)
-                self.check = lambda node, outputs: first(node, outputs) and walk(node, outputs)
-            else:
-                self.check = None
-        except Exception:  # another gs version's internals: no pre-check
-            self.check = None
+        self.check = None
+        if entry is not None and pattern.nodes[entry].op is not None:
+            first, walk = _EntryCheck(pattern, entry), _Walk(pattern, entry)
+            self.check = lambda node, outputs: first(node, outputs) and walk(node, outputs)
 
 
-# patterns are built once per pass instance and matched in every sweep
-_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# a pure function of the (immutable once built) pattern, remembered while the pattern lives
+_PLANS: weakref.WeakKeyDictionary[gs.GraphPattern, _Plan] = weakref.WeakKeyDictionary()
 
 
 def _plan(pattern: gs.GraphPattern) -> _Plan:
-    try:
-        return _PLANS[pattern]
-    except (KeyError, TypeError):
-        pass
-    plan = _Plan(pattern)
-    try:
-        _PLANS[pattern] = plan
-    except TypeError:  # not weak-referenceable: recompute next time
-        pass
+    plan = _PLANS.get(pattern)
+    if plan is None:
+        plan = _PLANS[pattern] = _Plan(pattern)
     return plan
 
 
-class _OpIndex:
-    """The graph's nodes grouped by op, reused while the node list and every op are unchanged
-    (a pass matches all its variants against one unchanged graph before it rewrites anything)."""
+class OpIndex:
+    """The graph's nodes grouped by op. A pass matches all its variants against one unchanged graph
+    before it rewrites anything, so it builds one index and hands it to every ``match_all``."""
 
-    def __init__(self, graph: gs.Graph, ops: list[str]) -> None:
-        self.graph = weakref.ref(graph)
+    def __init__(self, graph: gs.Graph) -> None:
         self.nodes = list(graph.nodes)
-        self.ops = ops
-        self.counts = Counter(ops)
+        self.counts = Counter(map(_OP, self.nodes))
         self.by_op: dict[str, list[gs.Node]] = {}
         for node in self.nodes:
             self.by_op.setdefault(node.op, []).append(node)
 
-    def valid_for(self, graph: gs.Graph, ops: list[str]) -> bool:
-        nodes = graph.nodes
-        return (self.graph() is graph and len(nodes) == len(self.nodes) and ops == self.ops
-                and all(map(operator.is_, nodes, self.nodes)))
+
+def complete(m: gs.PatternMapping, pattern: gs.GraphPattern) -> bool:
+    """Whether ``m`` maps every node of ``pattern`` (nested patterns included)."""
+    return all(name in m and (sub.op is not None or complete(m[name], sub)) for name, sub in pattern.nodes.items())
 
 
-_last_index: list[_OpIndex] = []  # at most one: the graph being rewritten now
-
-
-def _op_index(graph: gs.Graph) -> _OpIndex:
-    ops = list(map(_OP, graph.nodes))
-    previous = _last_index[0] if _last_index else None
-    if previous is not None and previous.valid_for(graph, ops):
-        return previous
-    index = _OpIndex(graph, ops)
-    _last_index[:] = [index]
-    if previous is None or previous.graph() is not graph:
-        weakref.finalize(graph, _drop_dead_index)  # never keep a dropped graph's nodes alive
-    return index
-
-
-def _drop_dead_index() -> None:
-    if _last_index and _last_index[0].graph() is None:
-        _last_index.clear()
-
-
-def match_all(pattern: gs.GraphPattern, graph: gs.Graph) -> list[gs.PatternMapping]:
+def match_all(pattern: gs.GraphPattern, graph: gs.Graph, index: OpIndex | None = None) -> list[gs.PatternMapping]:
     """``pattern.match_all(graph)``: the same mappings in the same order, trying only candidates that
-    pass the cheap necessary conditions of the module doc."""
+    pass the cheap necessary conditions of the module doc. ``index`` must describe ``graph`` as it is now."""
     plan = _plan(pattern)
     if plan.op is None:
-        return pattern.match_all(graph)
-    index = _op_index(graph)
+        return [m for m in pattern.match_all(graph) if complete(m, pattern)]
+    index = index if index is not None else OpIndex(graph)
     candidates = index.by_op.get(plan.op)
     if not candidates or any(index.counts[o] < n for o, n in plan.required.items()):
         return []
@@ -348,7 +310,7 @@ def match_all(pattern: gs.GraphPattern, graph: gs.Graph) -> list[gs.PatternMappi
         for node in candidates:
             m = pattern.match(node, from_inbound=True, from_tensor_index=0, mapped_onnx_nodes=set(),
                               onnx_graph_output_tensors=outputs)
-            if m is not None:
+            if m is not None and complete(m, pattern):
                 found.append(m)
     finally:
         for node in index.nodes:

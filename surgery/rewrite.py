@@ -23,6 +23,7 @@ pattern a name and a typed variant); ``NodeRewritePass`` takes every node whose 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
@@ -30,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from surgery.analysis import Dataflow
 from surgery.graph_utils import NameGen, disconnect, toposort
-from surgery.matching import match_all
+from surgery.matching import OpIndex, match_all
 from surgery.opset import raise_opset, raise_refusal
 from surgery.pass_base import Pass, PassContext, PassResult
 
@@ -46,12 +47,13 @@ class Reject(NamedTuple):
 class State:
     """What ``prepare`` derived from the graph; subclass it (as a dataclass) to add fields.
 
-    ``notes`` collects remarks any step wants in the pass's report.
+    ``notes`` collects remarks and ``stats`` extra counts any step wants in the pass's report.
     """
 
     graph: gs.Graph
     ctx: PassContext
     notes: list[str] = field(default_factory=list, kw_only=True)
+    stats: Counter = field(default_factory=Counter, kw_only=True)
 
     @property
     def emit(self) -> str:
@@ -131,6 +133,7 @@ class _RewriteDriver(Pass):
         if accepted:
             toposort(graph.cleanup())
         result.notes.extend(state.notes)
+        result.stats.update(state.stats)
 
 
 class PatternRewritePass(_RewriteDriver, Generic[S, V]):
@@ -139,10 +142,14 @@ class PatternRewritePass(_RewriteDriver, Generic[S, V]):
     ``anchor_ops`` names op types every instance of the pattern contains; with ``--explain`` each
     anchor node no match covered is reported with ``unmatched_reason``. ``required_opset`` names the
     default-domain opset the replacements need: the graph is raised to it once, before the first
-    rewrite, and only when some match is accepted.
+    rewrite, and only when some match is accepted. ``until_stable`` repeats the sweep until it applies
+    nothing (see ``run``).
     """
 
     anchor_ops: ClassVar[tuple[str, ...]] = ()
+    # Chain-shortening pair patterns set it: overlapping matches are skipped, so one sweep merges only
+    # every other pair of a longer chain; repeating makes one run complete and idempotent.
+    until_stable: ClassVar[bool] = False
 
     @abstractmethod
     def patterns(self, state: S) -> dict[str, tuple[gs.GraphPattern, V]]:
@@ -159,17 +166,44 @@ class PatternRewritePass(_RewriteDriver, Generic[S, V]):
         return "no-pattern-match"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """One sweep; with ``until_stable``, sweeps until one applies nothing, merging their results.
+
+        Every applied rewrite must then remove at least one node, which bounds the number of sweeps by
+        the node count. Applications accumulate over sweeps; rejections and unmatched sites are those
+        of the last sweep, which are exactly the sites still left in the graph.
+        """
+        if not self.until_stable:
+            return self._sweep(graph, ctx)
+        total = PassResult()
+        while True:
+            budget = len(graph.nodes)
+            r = self._sweep(graph, ctx)
+            final = not r.changed
+            total.changed += r.changed
+            total.notes += r.notes
+            total.sites += [s for s in r.sites if final or s["outcome"] not in ("rejected", "unmatched")]
+            for key, value in r.stats.items():
+                if key == "applied" or final:
+                    total.stats[key] += value
+            if final:
+                total.stats = +total.stats
+                return total
+            total.stats["matched"] += r.stats["applied"]  # a rejected match is judged again next sweep
+            if len(graph.nodes) >= budget:
+                raise AssertionError(f"{self.name}: a sweep applied {r.changed} rewrite(s) without removing a node")
+
+    def _sweep(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         state = self.prepare(graph, ctx)
         result = PassResult()
         used: set[int] = set()
         accepted: list[tuple[Match, Any, list[gs.Node], str]] = []
-        flow = Dataflow(graph)
+        flow, index = Dataflow(graph), OpIndex(graph)
         target = self.required_opset(state)
         raise_to = target if target is not None and int(graph.opset) < target else None
         refusal: str | None = None  # of the dry run; None until the first match that needs it
         for key, (pattern, variant) in self.patterns(state).items():
             with gs.logger.G_LOGGER.suppress(gs.logger.G_LOGGER.CRITICAL):  # GraphPattern logs every probe at INFO
-                mappings = match_all(pattern, graph)
+                mappings = match_all(pattern, graph, index)
             for mapping in mappings:
                 m = Match(mapping, key, variant)
                 ids = {id(n) for n in m.nodes}

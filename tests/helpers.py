@@ -24,7 +24,7 @@ def apply_pass(model: onnx.ModelProto, name: str, explain: bool = False, **optio
     """Run one registered pass on a copy of ``model``; returns the new model (verified) and the result."""
     graph = to_graph(copy.deepcopy(model))
     ctx = PassContext(explain=frozenset({name}) if explain else frozenset(), options=options.pop("ctx_options", {}))
-    result = get_pass(name, **options).run(graph, ctx)
+    result = get_pass(name, **options)(graph, ctx)
     out = to_model(graph, like=model)
     verify_model(out)
     return out, result

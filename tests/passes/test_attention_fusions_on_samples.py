@@ -40,7 +40,7 @@ def test_fused_count_matches_manifest_and_outputs_agree(name, pass_names, want, 
     graph = _cleaned(name)
     original = to_model(graph)
     for pass_name in pass_names:
-        result = get_pass(pass_name).run(graph, PassContext(options={"emit": emit}))
+        result = get_pass(pass_name)(graph, PassContext(options={"emit": emit}))
     fused = to_model(graph, like=original)
     assert result.changed == want, result.sites
     feeds = random_feeds(load_spec(spec_path(name)), seed=0)
@@ -52,7 +52,7 @@ def test_fused_count_matches_manifest_and_outputs_agree(name, pass_names, want, 
 
 def test_explain_says_why_keras_attention_is_not_fused_without_canonicalization():
     graph = _cleaned("keras_mha")
-    result = get_pass("fuse-attention").run(graph, PassContext(explain=frozenset({"fuse-attention"})))
+    result = get_pass("fuse-attention")(graph, PassContext(explain=frozenset({"fuse-attention"})))
     assert result.changed == 0
     assert [s["outcome"] for s in result.sites] == ["unmatched", "unmatched"]
     assert all(s["reason"].startswith("softmax-axis-2") and "canonicalize-attention-layout" in s["reason"] for s in result.sites)
@@ -60,8 +60,8 @@ def test_explain_says_why_keras_attention_is_not_fused_without_canonicalization(
 
 def test_canonicalized_keras_attention_fuses_at_the_original_softmax_sites():
     graph = _cleaned("keras_mha")
-    canon = get_pass("canonicalize-attention-layout").run(graph, PassContext())
-    fused = get_pass("fuse-attention").run(graph, PassContext(explain=frozenset({"fuse-attention"})))
+    canon = get_pass("canonicalize-attention-layout")(graph, PassContext())
+    fused = get_pass("fuse-attention")(graph, PassContext(explain=frozenset({"fuse-attention"})))
     sites = ["keras_mha/mha_0/Softmax_0", "keras_mha/mha_1/Softmax_0"]
     assert canon.changed == 2 and [s["site"] for s in canon.sites] == sites
     assert [(s["site"], s["outcome"]) for s in fused.sites] == [(site, "fused:kbshd/qmul/none/0:k") for site in sites]
@@ -74,8 +74,8 @@ def test_fused_sample_parses_and_builds_with_tensorrt_rtx(name):
     build only succeeds once the parsed attention is marked decomposable."""
     trt = pytest.importorskip("tensorrt_rtx")
     graph = _cleaned(name)
-    get_pass("fuse-gelu").run(graph, PassContext())
-    assert get_pass("fuse-attention").run(graph, PassContext()).changed == 2
+    get_pass("fuse-gelu")(graph, PassContext())
+    assert get_pass("fuse-attention")(graph, PassContext()).changed == 2
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

@@ -191,4 +191,4 @@ def test_second_run_changes_nothing():
 
 def test_explain_lists_rejected_candidates():
     _, result = apply_pass(attention_model(mask="where", fill=0.0), "fuse-attention", explain=True)
-    assert {"site": "softmax", "outcome": "rejected", "reason": "fill-not-large-negative"} in result.sites
+    assert {"site": "softmax", "outcome": "rejected", "reason": "fill-not-large-negative", "tensor": "c_fill"} in result.sites

@@ -140,6 +140,6 @@ def test_second_run_changes_nothing():
 
 def test_explain_lists_candidates_and_reasons():
     _, result = apply_pass(gelu_model("erf-div", consts={"k": 2.0}), "fuse-gelu", explain=True)
-    assert result.sites == [{"site": "erf2", "outcome": "rejected", "reason": "erf-constant-mismatch"}]
+    assert result.sites == [{"site": "erf2", "outcome": "rejected", "reason": "erf-constant-mismatch", "tensor": "c_k"}]
     _, result = apply_pass(gelu_model("erf-div"), "fuse-gelu", explain=True)
     assert result.sites[0]["site"] == "erf2" and result.sites[0]["outcome"].startswith("fused:erf-div")

@@ -7,6 +7,8 @@ import pytest
 from onnx import helper
 
 from converter.reference_runner import run_with_references
+from surgery import PassContext, get_pass, to_graph
+from surgery.errors import UserInputError
 from surgery.numerics import random_feeds, run_ort, spec_from_model
 from tests.builders import make_model, tensor
 from tests.fusion_builders import groupnorm_model
@@ -53,11 +55,10 @@ def test_plugin_absorbs_silu(silu):
     np.testing.assert_allclose(run_with_references(out, feeds)["y"], run_ort(model, feeds)["y"], **TOL)
 
 
-def test_ort_has_no_cpu_groupnorm():
-    model = groupnorm_model()
-    out, result = apply_pass(model, "fuse-groupnorm", ctx_options={"emit": "ort"})
-    assert result.changed == 0 and result.stats["rejected:ort-groupnorm-no-cpu-kernel"] >= 1
-    assert any("emit=onnx" in n for n in result.notes) and same_graph(model, out)
+def test_ort_emit_is_refused():
+    graph = to_graph(groupnorm_model())
+    with pytest.raises(UserInputError):
+        get_pass("fuse-groupnorm")(graph, PassContext(options={"emit": "ort"}))
 
 
 @pytest.mark.parametrize("kwargs,reason", [

@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 from surgery import PassContext, PassManager, get_pass, load_model, parse_pipeline, to_graph, to_model
+from surgery.errors import UserInputError
 from surgery.numerics import load_spec, random_feeds, run_ort
 from tests.helpers import apply_pass, ops, same_graph
 from tests.rotary_builders import B, HEAD, HIDDEN, SEQ, rotary_model
@@ -75,11 +76,10 @@ def test_ort_emit_uses_the_contrib_op_with_a_position_offset():
     _same_outputs(model, out)
 
 
-def test_plugin_emit_leaves_the_graph_and_says_why():
-    model = rotary_model()
-    out, result = apply_pass(model, "fuse-rotary", ctx_options={"emit": "plugin"})
-    assert result.changed == 0 and same_graph(out, _roundtrip(model))
-    assert result.notes == ["plugin emit: rotary embedding left element-wise (no rotary plugin; TensorRT fuses it)"]
+def test_plugin_emit_is_refused():
+    graph = to_graph(copy.deepcopy(rotary_model()))
+    with pytest.raises(UserInputError):
+        get_pass("fuse-rotary")(graph, PassContext(options={"emit": "plugin"}))
 
 
 def _roundtrip(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -99,7 +99,7 @@ def test_rejections_leave_the_graph_unchanged(kwargs, reason, emit):
     model = rotary_model(**kwargs)
     before = _roundtrip(model)
     graph = to_graph(copy.deepcopy(model))
-    result = get_pass("fuse-rotary").run(graph, PassContext(options={"emit": emit}))
+    result = get_pass("fuse-rotary")(graph, PassContext(options={"emit": emit}))
     assert result.changed == 0
     assert result.stats[f"rejected:{reason}"] == 1, result.stats
     assert same_graph(to_model(graph, like=model), before)
@@ -141,9 +141,9 @@ def test_llama_samples_fuse_q_and_k_of_every_attention_block(entry, emit):
     PassManager(parse_pipeline("infer-shapes,fold-constants,remove-dead-nodes")).run(graph, PassContext())
     original = to_model(graph)
     ctx = PassContext(options={"emit": emit})
-    result = get_pass("fuse-rotary").run(graph, ctx)
+    result = get_pass("fuse-rotary")(graph, ctx)
     assert result.changed == 2 * entry["blocks"]["attention"]  # rotary on Q and on K per block
-    assert get_pass("fuse-attention").run(graph, ctx).changed == entry["blocks"]["attention"]
+    assert get_pass("fuse-attention")(graph, ctx).changed == entry["blocks"]["attention"]
     feeds = random_feeds(load_spec(spec_path(entry["name"])), seed=0)
     ref = run_ort(original, feeds)
     got = run_ort(to_model(graph, like=original), feeds, outputs=list(ref))

@@ -7,6 +7,8 @@ import pytest
 from onnx import helper
 
 from converter.reference_runner import run_with_references
+from surgery import PassContext, get_pass, to_graph
+from surgery.errors import UserInputError
 from surgery.numerics import random_feeds, run_ort, spec_from_model
 from tests.fusion_builders import skip_layernorm_model
 from tests.helpers import apply_pass, assert_same_outputs, ops, same_graph
@@ -43,11 +45,10 @@ def test_plugin_skip_layernorm_through_reference():
     np.testing.assert_allclose(run_with_references(out, feeds)["y"], run_ort(model, feeds)["y"], **TOL)
 
 
-def test_onnx_emit_does_nothing():
-    model = skip_layernorm_model()
-    out, result = apply_pass(model, "fuse-skip-layernorm")
-    assert result.changed == 0 and any("no standard ONNX op" in n for n in result.notes)
-    assert same_graph(model, out)
+def test_onnx_emit_is_refused():
+    graph = to_graph(skip_layernorm_model())
+    with pytest.raises(UserInputError):
+        get_pass("fuse-skip-layernorm")(graph, PassContext(options={"emit": "onnx"}))
 
 
 @pytest.mark.parametrize("kwargs,emit,reason", [

@@ -79,7 +79,7 @@ def test_rank_unknown_rejected():
         if isinstance(t, gs.Variable):
             t.shape = None  # a perm-less Transpose then has no known rank
     before = to_model(graph)
-    result = get_pass("merge-transposes").run(graph, PassContext())
+    result = get_pass("merge-transposes")(graph, PassContext())
     assert result.changed == 0
     assert result.stats["rejected:rank-unknown"] == 1
     assert same_graph(to_model(graph), before)

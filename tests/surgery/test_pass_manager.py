@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
 import pytest
 
 from surgery import FixedPoint, PassContext, PassManager, PassResult, to_graph

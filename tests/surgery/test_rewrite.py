@@ -17,16 +17,19 @@ class _ReluNeg(PatternRewritePass):
     name = "toy-relu-neg"
     emits = ("onnx", "ort")
 
-    def patterns(self, ctx):
+    def patterns(self, state):
         p = gs.GraphPattern()
         r = p.add("relu", "Relu", inputs=[p.variable()])
         p.set_output_tensors([p.add("neg", "Neg", inputs=[r])])
-        return {"chain": p}
+        return {"chain": (p, None)}
 
-    def required_opset(self, ctx):
-        return 20 if self.emit(ctx) == "onnx" else None
+    def check(self, m, state):
+        return True
 
-    def rewrite(self, graph, m, variant, ctx, names):
+    def required_opset(self, state):
+        return 20 if state.emit == "onnx" else None
+
+    def rewrite(self, m, plan, state, names):
         r = gs.Variable(names("_r"), dtype=m.outputs[0].dtype)
         return [gs.Node("Relu", name=names(), inputs=[m.inputs[0]], outputs=[r]),
                 gs.Node("Neg", name=names(), inputs=[r], outputs=[m.outputs[0]])]
@@ -37,12 +40,12 @@ class _ReluNegAdd(_ReluNeg):
 
     name = "toy-relu-neg-add"
 
-    def patterns(self, ctx):
+    def patterns(self, state):
         p = gs.GraphPattern()
         x, v = p.variable(), p.variable()
         r, n = p.add("relu", "Relu", inputs=[x]), p.add("neg", "Neg", inputs=[x])
         p.set_output_tensors([r, p.add("add", "Add", inputs=[n, v])])
-        return {"fork": p}
+        return {"fork": (p, None)}
 
 
 def _chains(count: int, opset: int = 17) -> gs.Graph:
@@ -62,7 +65,7 @@ def _fork_through_abs() -> gs.Graph:
 
 def test_non_convex_match_leaves_the_opset_alone():
     graph = _fork_through_abs()
-    result = _ReluNegAdd().run(graph, PassContext())
+    result = _ReluNegAdd()(graph, PassContext())
     assert result.changed == 0 and result.stats["rejected:non-convex"] == 1
     assert int(graph.opset) == 17 and not any("opset" in n for n in result.notes)
 
@@ -70,7 +73,7 @@ def test_non_convex_match_leaves_the_opset_alone():
 @pytest.mark.parametrize("count", [1, 2])
 def test_opset_raised_once_before_the_first_rewrite(count):
     graph = _chains(count)
-    result = _ReluNeg().run(graph, PassContext())
+    result = _ReluNeg()(graph, PassContext())
     assert result.changed == count and int(graph.opset) == 20
     assert [n for n in result.notes if "opset" in n] == ["opset raised 17 -> 20 for toy-relu-neg"]
 
@@ -79,18 +82,18 @@ def test_refused_raise_rejects_every_match_and_notes_once():
     graph = _chains(2)
     grid = gs.Variable("grid", dtype="float32")  # GridSample's schema changed at opset 20: the raise is refused
     graph.nodes.append(gs.Node("GridSample", name="gs", inputs=[graph.inputs[0], grid], outputs=[gs.Variable("g", dtype="float32")]))
-    result = _ReluNeg().run(graph, PassContext())
+    result = _ReluNeg()(graph, PassContext())
     assert result.changed == 0 and result.stats["rejected:opset-raise-refused"] == 2 and int(graph.opset) == 17
     assert result.notes == ["raising the opset to 20 was refused: GridSample-schema-changed-between-opset-17-and-20"]
 
 
 def test_no_raise_when_not_needed():
     graph = _chains(1)
-    assert _ReluNeg().run(graph, PassContext(options={"emit": "ort"})).notes == [] and int(graph.opset) == 17
+    assert _ReluNeg()(graph, PassContext(options={"emit": "ort"})).notes == [] and int(graph.opset) == 17
     graph = _chains(1, opset=21)
-    assert _ReluNeg().run(graph, PassContext()).notes == [] and int(graph.opset) == 21
+    assert _ReluNeg()(graph, PassContext()).notes == [] and int(graph.opset) == 21
 
 
 def test_emit_outside_emits_is_a_user_error():
     with pytest.raises(UserInputError, match="toy-relu-neg: emit must be one of onnx, ort, got 'plugin'"):
-        _ReluNeg().run(_chains(1), PassContext(options={"emit": "plugin"}))
+        _ReluNeg()(_chains(1), PassContext(options={"emit": "plugin"}))

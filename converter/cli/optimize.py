@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if "remove-nodes" not in (args.passes or ""):
             raise UserInputError("--remove-node/--remove-op: add the remove-nodes pass to --passes")
     if args.plugin_map:
-        from converter.plugin_map import load_plugin_map
+        from converter.plugins.map import load_plugin_map
 
         opts.extra["plugin_map"] = load_plugin_map(args.plugin_map)
     report = optimize_file(args.model, output, opts)

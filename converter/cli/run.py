@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from converter.cmd_check import add_backend_argument
-from converter.cmd_convert import add_build_arguments, options_from_args
+from converter.cli.check import add_backend_argument
+from converter.cli.convert import add_build_arguments, options_from_args
 from converter.pipeline import RunOptions, run_pipeline
 
 

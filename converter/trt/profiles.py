@@ -18,7 +18,7 @@ import onnx
 from onnx import shape_inference
 
 from surgery.errors import UserInputError
-from surgery.numerics import InputSpec
+from converter.runtime.numerics import InputSpec
 from surgery.shapes import parse_shapes
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def first_inconsistency(model: onnx.ModelProto, inputs: list[onnx.ValueInfoProto
 
 def profiles_for(model: onnx.ModelProto, model_path: str | Path | None, args: argparse.Namespace | None) -> ProfileChoice:
     """``choose_profiles`` with the spec resolved as every command does: ``--spec``, else the model's sibling spec."""
-    from converter.specs import resolve_spec
+    from converter.runtime.specs import resolve_spec
 
     spec = spec_path_for(model_path, getattr(args, "spec", None)) if model_path is not None else None
     specs = resolve_spec(model, model_path, spec) if spec is not None else None

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converter.partition_run import execute_partitions, load_manifest
-from converter.specs import resolve_spec
-from converter.validate import make_feeds
-from surgery.numerics import compare, run_ort
+from converter.runtime.partition_run import execute_partitions, load_manifest
+from converter.runtime.specs import resolve_spec
+from converter.runtime.validate import make_feeds
+from converter.runtime.numerics import compare, run_ort
 from surgery.paths import check_outputs, model_files
 
 

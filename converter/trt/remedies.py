@@ -6,7 +6,7 @@
   parser ignores the domain, so e.g. ``com.microsoft:Attention`` would be imported as ONNX Attention
   with different inputs and meaning.
 * ``plugin_problem`` tells "plugin not loaded" from "plugin field mismatch" (and a plugin named like an
-  ONNX op) using the plugin registry and the plugin catalog (``plugin_check``).
+  ONNX op) using the plugin registry and the plugin catalog (``converter.plugins.check``).
 * ``remedy_for`` names a registered pass that rewrites the op, a described plugin, or says there is
   no known remedy.
 * Two kinds of op get their reason and remedy from what they are, since the parser says only "false"
@@ -19,8 +19,8 @@ import re
 from types import ModuleType
 from typing import Any
 
-from converter.plugin_check import diagnose
-from converter.static_support import ONNX_DOMAINS, onnx_op_exists
+from converter.plugins.check import diagnose
+from converter.trt.static_support import ONNX_DOMAINS, onnx_op_exists
 from surgery.plugins import PLUGIN_DOMAIN, plugin_specs
 from surgery.registry import list_passes
 
@@ -120,7 +120,7 @@ def is_plugin_node(domain: str, attrs: dict[str, Any]) -> bool:
 
 def plugin_problem(trt: ModuleType | None, op: str, attrs: dict[str, Any]) -> tuple[str, str]:
     """(kind, reason) for a plugin node: plugin-name-collision, plugin-not-loaded, plugin-field-mismatch, or ok
-    (see ``converter.plugin_check.diagnose``)."""
+    (see ``converter.plugins.check.diagnose``)."""
     return diagnose(trt, op, attrs)
 
 

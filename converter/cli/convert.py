@@ -6,10 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from converter.backends import select_backend
-from converter.cmd_check import add_backend_argument
-from converter.profiles import add_shape_arguments, profiles_for
-from converter.trt_build import BuildOptions, build_engine
+from converter.trt.backends import select_backend
+from converter.cli.check import add_backend_argument
+from converter.trt.profiles import add_shape_arguments, profiles_for
+from converter.trt.build import BuildOptions, build_engine
 from surgery.errors import UserInputError
 from surgery.io import load_model
 from surgery.paths import check_outputs, model_files
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    """Builder settings; the profiles are chosen per model (``converter.profiles``)."""
+    """Builder settings; the profiles are chosen per model (``converter.trt.profiles``)."""
     cache = Path(args.timing_cache) if args.timing_cache else None
     return BuildOptions(workspace=args.workspace, optimization_level=args.builder_optimization_level,
                         timing_cache=cache, save_timing_cache=cache, plugins=list(args.plugins),

@@ -8,9 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from converter.backends import BACKEND_CHOICES, select_backend
-from converter.capability import CapabilityReport, check_model
-from converter.profiles import add_shape_arguments, describe_profile
+from converter.trt.backends import BACKEND_CHOICES, select_backend
+from converter.trt.capability import CapabilityReport, check_model
+from converter.trt.profiles import add_shape_arguments, describe_profile
 from surgery.paths import check_outputs, model_files
 
 

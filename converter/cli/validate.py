@@ -13,10 +13,10 @@ from pathlib import Path
 
 import onnx
 
-from converter.backends import select_backend
-from converter.cmd_check import add_backend_argument
-from converter.specs import resolve_spec
-from converter.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
+from converter.trt.backends import select_backend
+from converter.cli.check import add_backend_argument
+from converter.runtime.specs import resolve_spec
+from converter.runtime.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
 from surgery.errors import UserInputError
 from surgery.io import LoadedModel, load_model
 from surgery.paths import check_outputs, model_files

@@ -62,17 +62,6 @@ def _dims(d: list[int]) -> str:
     return "x".join(map(str, d)) if d else "scalar"
 
 
-def add_shape_arguments(parser: argparse.ArgumentParser, spec_help: str = "input spec JSON (its shapes are the opt point)") -> None:
-    """The shape options of ``check``, ``convert``, ``run`` and ``partition``, as trtexec and Polygraphy spell them."""
-    parser.add_argument("--input-shapes", metavar="SHAPES",
-                        help="build for one point: x:[1,3,224,224] or x:1x3x224x224 (several inputs: comma or space separated)")
-    parser.add_argument("--min-shapes", action="append", default=[], metavar="SHAPES",
-                        help="profile minimum, same syntax; repeat --min/--opt/--max-shapes for several profiles")
-    parser.add_argument("--opt-shapes", action="append", default=[], metavar="SHAPES")
-    parser.add_argument("--max-shapes", action="append", default=[], metavar="SHAPES")
-    parser.add_argument("--spec", help=spec_help)
-
-
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {t.name for t in model.graph.initializer}
     return [vi for vi in model.graph.input if vi.name not in inits]
@@ -92,7 +81,7 @@ def choose_profiles(model: onnx.ModelProto, args: argparse.Namespace, specs: lis
 
     Args:
         model: the model the profile is for.
-        args: parsed options of ``add_shape_arguments`` (missing attributes count as not given).
+        args: parsed options of ``converter.cli.args.add_shape_arguments`` (missing attributes count as not given).
         specs: shapes from a spec file, or None.
         spec_source: where ``specs`` came from (for the report).
     """

@@ -55,13 +55,15 @@ class Pass(ABC):
     """Base class of every pass.
 
     Subclasses set ``name`` (kebab-case, unique; the CLI and report key) and ``summary`` (one line,
-    shown by ``surgery list-passes``) and implement ``run``.
+    shown by ``surgery list-passes``) and implement ``run``. ``rewrites_ops`` lists op types the pass
+    can take away, for remedies that point at it (a ``NodeRewritePass`` is found by its ``ops`` too).
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     tags: ClassVar[frozenset[str]] = frozenset()
     preserves: ClassVar[frozenset[str]] = frozenset()
+    rewrites_ops: ClassVar[tuple[str, ...]] = ()
     # (rtol, atol) a pass is allowed to move outputs by, e.g. a precision change; None: exact rewrites
     tolerance: ClassVar[tuple[float, float] | None] = None
 

@@ -261,4 +261,4 @@ def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatu
             if kind != "ok":
                 n.mark("unsupported", kind, reason, n.detail)
         if n.status != "supported":
-            n.remedy = remedies.remedy_for(n.op, n.domain, n.kind)
+            n.remedy = remedies.remedy_for(n.op, n.kind)

@@ -91,12 +91,12 @@ ORIGINAL = "original"
 # ----------------------------------------------------------------------------------------------- helpers
 
 def load_spec(path: Path) -> list[dict]:
-    """``<model>.spec.json`` inputs (same format as surgery.numerics.load_spec, inlined: no surgery import)."""
+    """``<model>.spec.json`` inputs (same format as converter.runtime.numerics.load_spec, inlined: no surgery import)."""
     return json.loads(path.read_text())["inputs"]
 
 
 def random_feeds(specs: list[dict], seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
-    """Seeded inputs, identical to surgery.numerics.random_feeds for the same spec and seed."""
+    """Seeded inputs, identical to converter.runtime.numerics.random_feeds for the same spec and seed."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for s in specs:

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from passes import presets  # noqa: E402
-from converter.backends import select_backend  # noqa: E402
-from converter.capability import CapabilityReport, check_model  # noqa: E402
-from converter.cli import main as surgery  # noqa: E402
+from converter.trt.backends import select_backend  # noqa: E402
+from converter.trt.capability import CapabilityReport, check_model  # noqa: E402
+from converter.cli.main import main as surgery  # noqa: E402
 
 PIPELINE = f"{presets.REPLACE},cast-unsupported-dtypes,{presets.CLEANUP}"
 SAMPLES = ROOT / "sample_models"

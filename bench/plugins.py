@@ -5,9 +5,9 @@ Usage (GPU device: python 3.12, numpy, torch, triton; nothing else from this rep
     python bench/plugins.py --json $OUT/plugins_bench.json            # accuracy + timing, fp32 and fp16
     python bench/plugins.py --skip-timing --runs 20                     # accuracy only
 
-Accuracy. Each kernel of ``converter/trt_plugins/kernels.py`` runs on seeded random inputs at several
+Accuracy. Each kernel of ``converter/plugins/trt/kernels.py`` runs on seeded random inputs at several
 shapes (BERT-base-like: batch 8, seq 128, hidden 768, 12 heads; GroupNorm N=2, C=320, 64x64, 32 groups;
-plus odd shapes that exercise masking and tails). The reference is ``converter/plugin_refs`` evaluated in
+plus odd shapes that exercise masking and tails). The reference is ``converter/plugins/refs.py`` evaluated in
 float64 on the same (fp32 or fp16) inputs. ``rel_err`` = max|out - ref| / max|ref| over the output;
 ``elem_rel`` = max elementwise |out - ref| / |ref| where |ref| >= 1e-2·max|ref| (informative only).
 Limits: rel_err <= 1e-5 (fp32), <= 1e-3 (fp16); a failure sets exit status 1.
@@ -20,7 +20,7 @@ mean/sub/pow/mean/add/sqrt/div/mul/add for LayerNorm, reshape+mean/var for Group
 matmul+softmax+matmul for attention); ``torch`` is torch's own fused op (F.layer_norm, F.group_norm,
 F.gelu, F.scaled_dot_product_attention), shown for context. ``speedup`` = unfused / plugin.
 
-Imports only numpy at module level; torch/triton and converter.trt_plugins.kernels are imported in main.
+Imports only numpy at module level; torch/triton and converter.plugins.trt.kernels are imported in main.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from converter.plugin_refs import get_reference  # noqa: E402  (numpy only)
+from converter.plugins.refs import get_reference  # noqa: E402  (numpy only)
 
 LIMITS = {"fp32": 1e-5, "fp16": 1e-3}
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from converter.trt_plugins import kernels as k
+    from converter.plugins.trt import kernels as k
 
     if not torch.cuda.is_available():
         print("no CUDA device: the plugin kernels need a GPU", file=sys.stderr)

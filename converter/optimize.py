@@ -12,11 +12,11 @@ from passes import presets
 from surgery.errors import UserInputError
 from surgery.io import load_model, save_model, to_graph, to_model
 from surgery.paths import check_outputs, model_files
-from surgery.numerics import InputSpec, load_spec, spec_from_model
+from converter.runtime.numerics import InputSpec, load_spec, spec_from_model
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.pass_manager import PassHook, PassManager
 from surgery.registry import list_passes, parse_pipeline, preset_pipeline
-from surgery.validate_each import NumericGuard
+from converter.runtime.validate_each import NumericGuard
 
 
 @dataclass

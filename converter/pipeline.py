@@ -14,14 +14,14 @@ from typing import Any
 
 import onnx
 
-from converter.backends import select_backend
-from converter.capability import CapabilityReport, check_model
+from converter.trt.backends import select_backend
+from converter.trt.capability import CapabilityReport, check_model
 from converter.optimize import OptimizeOptions, optimize_file
-from converter.profiles import profiles_for
+from converter.trt.profiles import profiles_for
 from converter.report_html import run_html
-from converter.specs import resolve_spec
-from converter.trt_build import BuildOptions, build_engine
-from converter.validate import make_feeds, validate_engine, validate_onnx
+from converter.runtime.specs import resolve_spec
+from converter.trt.build import BuildOptions, build_engine
+from converter.runtime.validate import make_feeds, validate_engine, validate_onnx
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
 from surgery.paths import check_outputs, model_files

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from converter.capability import CapabilityReport
-from converter.partitions import Partition
+from converter.trt.capability import CapabilityReport
+from converter.runtime.partitions import Partition
 
 _COLORS = {"supported": "#4caf50", "unsupported": "#e53935", "unknown": "#9e9e9e"}
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}

@@ -92,7 +92,7 @@ class Pass(ABC):
     shown by ``surgery list-passes``) and implement ``run``. ``runs_after`` maps each pass that must come
     earlier, when both are in one pipeline, to the reason (checked when the pipeline is parsed); ``emits`` lists the
     ``emit`` values the pass honours (empty: it does not read ``emit``); ``rewrites_ops`` lists op
-    types the pass can take away, for remedies that point at it.
+    types the pass can take away, for remedies that point at it (a ``NodeRewritePass`` is found by its ``ops`` too).
     """
 
     name: ClassVar[str] = ""

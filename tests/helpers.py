@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgery import PassContext, get_pass, to_graph, to_model
-from surgery.numerics import random_feeds, run_ort, spec_from_model
+from converter.runtime.numerics import random_feeds, run_ort, spec_from_model
 from surgery.pass_base import PassResult
 from surgery.verify import verify_model
 

@@ -22,7 +22,7 @@ def _load_bench():
 
 
 def test_feeds_match_surgery_numerics():
-    from surgery.numerics import load_spec, random_feeds
+    from converter.runtime.numerics import load_spec, random_feeds
 
     fusion = _load_bench()
     path = ROOT / "sample_models" / "unet_ts.spec.json"

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from converter.backends import select_backend
-from converter.capability import check_model
-from converter.cli import main
-from surgery.numerics import random_feeds, run_ort, spec_from_model
+from converter.trt.backends import select_backend
+from converter.trt.capability import check_model
+from converter.cli.main import main
+from converter.runtime.numerics import random_feeds, run_ort, spec_from_model
 from tests.converter import tiny
 
 SAMPLES = sorted(glob.glob(str(Path(__file__).resolve().parents[2] / "sample_models" / "*.onnx")))

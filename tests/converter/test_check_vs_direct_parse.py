@@ -8,9 +8,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from converter.backends import select_backend
-from converter.capability import check_model
-from converter.cli import main
+from converter.trt.backends import select_backend
+from converter.trt.capability import check_model
+from converter.cli.main import main
 from tests.samples import sample_names, sample_path, spec_path
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from converter.cli import main
-from converter.profiles import make_profiles
+from converter.cli.main import main
+from converter.trt.profiles import make_profiles
 from surgery.errors import UserInputError
 from tests.converter import tiny
 

@@ -12,7 +12,7 @@ import pytest
 import passes  # noqa: F401  (registers the passes)
 
 from surgery.io import load_model
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from tests.converter import tiny
 from tests.helpers import apply_pass
 
@@ -67,7 +67,7 @@ def test_bf16_is_structurally_valid():
 @pytest.mark.skipif(not TRANSFORMERS, reason="no transformer sample models generated")
 @pytest.mark.parametrize("path", TRANSFORMERS, ids=[Path(p).stem for p in TRANSFORMERS])
 def test_transformer_samples_bf16_within_1e_2_through_the_fp32_upcast(path):
-    from surgery.numerics import ort_runnable
+    from converter.runtime.numerics import ort_runnable
 
     model = load_model(path).model
     out, _ = apply_pass(model, "convert-precision", ctx_options={"precision": "bf16"})
@@ -96,7 +96,7 @@ def test_transformer_samples_fp16_within_1e_2(path):
 def test_cli_precision_flag_converts_and_validate_each_allows_its_tolerance(tmp_path, capsys):
     import json
 
-    from converter.cli import main
+    from converter.cli.main import main
     from tests.samples import sample_path
 
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
@@ -113,7 +113,7 @@ def test_cli_precision_flag_converts_and_validate_each_allows_its_tolerance(tmp_
 def test_cli_bf16_validate_each_runs_through_the_upcast(tmp_path, capsys):
     import json
 
-    from converter.cli import main
+    from converter.cli.main import main
     from tests.samples import sample_path
 
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"

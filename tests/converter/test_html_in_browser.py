@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.converter import tiny
 from tests.converter.test_reports import Element, data_rows, headings, parse_html
 

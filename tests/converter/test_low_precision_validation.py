@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.cli import main
-from surgery.numerics import low_precision, ort_refusal, run_ort, upcast_to_float32
+from converter.cli.main import main
+from converter.runtime.numerics import low_precision, ort_refusal, run_ort, upcast_to_float32
 from tests.converter import tiny
 from tests.samples import sample_path
 

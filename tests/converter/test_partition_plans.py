@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from converter.cli import main
-from converter.partitions import Partition, boundary, find_partitions, save_partitions
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.cli.main import main
+from converter.runtime.partitions import Partition, boundary, find_partitions, save_partitions
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from tests.builders import make_model, tensor
 from tests.samples import sample_path, spec_path
 

@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from converter.backends import select_backend
-from converter.cli import main
-from converter.partition_run import execute_partitions, partition_model, run_partitioned
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.trt.backends import select_backend
+from converter.cli.main import main
+from converter.runtime.partition_run import execute_partitions, partition_model, run_partitioned
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from tests.builders import const, make_model, tensor
 from tests.samples import sample_path, spec_path
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from converter.backends import select_backend
-from converter.capability import check_model
-from converter.plugin_catalog import catalog, catalog_spec
-from converter.plugin_check import diagnose
+from converter.trt.backends import select_backend
+from converter.trt.capability import check_model
+from converter.plugins.catalog import catalog, catalog_spec
+from converter.plugins.check import diagnose
 from surgery.plugins import FIELD_TYPES
 from tests.converter import tiny
 

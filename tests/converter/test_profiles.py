@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import helper as h, numpy_helper as nh
 
-from converter.cli import main
-from converter.profiles import _declared_dims, derive_profile, first_inconsistency, graph_inputs
+from converter.cli.main import main
+from converter.trt.profiles import _declared_dims, derive_profile, first_inconsistency, graph_inputs
 from tests.samples import SAMPLES
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx is needed for real builds")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from converter.reference_runner import MissingReferenceError, run_with_references
-from surgery.numerics import run_ort
+from converter.runtime.reference_runner import MissingReferenceError, run_with_references
+from converter.runtime.numerics import run_ort
 from surgery.plugins import PLUGIN_DOMAIN
 from tests.builders import const, make_model, tensor
 from tests.fusion_builders import GAMMA

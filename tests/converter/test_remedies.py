@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter import remedies
-from converter.cli import main
+from converter.trt import remedies
+from converter.cli.main import main
 from tests.converter import tiny
 
 pytest.importorskip("tensorrt_rtx")

@@ -9,10 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from converter.capability import BuildOutcome, CapabilityReport, NodeStatus
-from converter.cli import main
-from converter.cmd_check import render_table
-from converter.partitions import Partition
+from converter.trt.capability import BuildOutcome, CapabilityReport, NodeStatus
+from converter.cli.main import main
+from converter.cli.check import render_table
+from converter.runtime.partitions import Partition
 from converter.report_html import capability_html, run_html
 from tests.converter import tiny
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.cli import main
+from converter.cli.main import main
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "cnn_ts.onnx"
 

@@ -1,7 +1,7 @@
 """onnx-surgery's Python TensorRT plugins: fields, registration, CPU parse + AOT build, references, GPU kernels.
 
 TensorRT work runs in child processes: TensorRT-RTX 1.7.1's parser aborts the process on a plugin node
-unless ``libtensorrt_rtx.so`` is loadable (``converter.trt_plugins.rtx_alias_problem``), so the children
+unless ``libtensorrt_rtx.so`` is loadable (``converter.plugins.trt.rtx_alias_problem``), so the children
 get an alias folder on LD_LIBRARY_PATH, and this pytest process never registers a plugin that another
 test's parse could trip over.
 """
@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 import pytest
 
-from converter.cli import main
-from converter.plugin_refs import get_reference
-from converter.reference_runner import run_with_references
-from converter.trt_plugins.ops import PLUGIN_OPS
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.cli.main import main
+from converter.plugins.refs import get_reference
+from converter.runtime.reference_runner import run_with_references
+from converter.plugins.trt.ops import PLUGIN_OPS
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from surgery.plugins import plugin_specs
 from tests.samples import sample_path, spec_path
 
@@ -53,11 +53,11 @@ def _child(args: list[str], tmp_path: Path, *, alias: bool = True, code: str | N
     """Run ``surgery ARGS`` (or python ``code``) in a child process, with the RTX library alias when ``alias``."""
     env = dict(os.environ)
     if alias:
-        from converter.trt_plugins import make_rtx_alias
+        from converter.plugins.trt import make_rtx_alias
 
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(make_rtx_alias(tmp_path / "rtx-alias")),
                                                              env.get("LD_LIBRARY_PATH", "")) if p)
-    prog = code or "import sys; from converter.cli import main; sys.exit(main(sys.argv[1:]))"
+    prog = code or "import sys; from converter.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", prog, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600, check=False)
 
@@ -77,7 +77,7 @@ _VALUES = {"float": 1e-5, "int": 1, "tensor": np.linspace(0.5, 1.5, 8, dtype=np.
 def test_fields_survive_serialization(op):
     import tensorrt_rtx as trt
 
-    from converter.trt_plugins.plugin import PluginFieldError, fields_from_collection, fields_to_collection
+    from converter.plugins.trt.plugin import PluginFieldError, fields_from_collection, fields_to_collection
 
     spec = plugin_specs()[op]
     fields = {name: _VALUES[kind] for name, kind in spec.fields.items()}
@@ -99,7 +99,7 @@ def test_fields_survive_serialization(op):
 @rtx
 def test_registration_matches_the_specs_and_is_idempotent(tmp_path):
     code = ("import json, tensorrt_rtx as trt\n"
-            "from converter.trt_plugins import register_python_plugins\n"
+            "from converter.plugins.trt import register_python_plugins\n"
             "a = register_python_plugins(trt); b = register_python_plugins(trt)\n"
             "reg = {c.name: [str(c.plugin_version), str(c.plugin_namespace), [f.name for f in c.field_names]]\n"
             "       for c in trt.get_plugin_registry().all_creators if c.name.startswith('Surgery')}\n"
@@ -144,7 +144,7 @@ def test_convert_writes_an_engine_with_plugin_layers(bert_plugin, tmp_path):
 @rtx
 def test_without_the_library_alias_plugins_stay_unregistered_instead_of_aborting(bert_plugin, tmp_path):
     env_has_alias = _child([], tmp_path, alias=False, code=(
-        "import tensorrt_rtx as trt; from converter.trt_plugins import rtx_alias_problem; "
+        "import tensorrt_rtx as trt; from converter.plugins.trt import rtx_alias_problem; "
         "print(rtx_alias_problem(trt) is None)")).stdout.strip().endswith("True")
     if env_has_alias:
         pytest.skip("this environment already provides libtensorrt_rtx.so")
@@ -189,7 +189,7 @@ def test_enqueue_matches_the_reference_on_gpu(op, dtype, rng):
         pytest.skip(reason)
     import torch
 
-    from converter.trt_plugins.plugin import enqueue_op
+    from converter.plugins.trt.plugin import enqueue_op
 
     shapes, fields = _GPU_CASES[op]
     fields = dict(fields)

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from converter.backends import select_backend
-from converter.cli import main
-from converter.validate import engine_skip_reason
+from converter.trt.backends import select_backend
+from converter.cli.main import main
+from converter.runtime.validate import engine_skip_reason
 from tests.converter import tiny
 
 

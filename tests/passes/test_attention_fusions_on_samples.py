@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from surgery import PassContext, PassManager, get_pass, load_model, parse_pipeline, to_graph, to_model
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from tests.samples import manifest, sample_path, spec_path
 
 CLEANUP = "infer-shapes,fold-constants,remove-dead-nodes"

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from surgery import to_graph, to_model
-from surgery.numerics import run_ort
+from converter.runtime.numerics import run_ort
 from tests.helpers import apply_pass, ops, same_graph
 from tests.keras_attention_builders import HEADS, HEAD, HIDDEN, SEQ, keras_attention_model
 

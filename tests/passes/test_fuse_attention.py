@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from surgery import to_graph, to_model
-from surgery.numerics import run_ort
+from converter.runtime.numerics import run_ort
 from tests.attention_builders import HEAD, attention_feeds, attention_model
 from tests.helpers import apply_pass, ops, same_graph
 
@@ -109,7 +109,7 @@ def test_ort_emit_keeps_the_gqa_repeat():
 
 @pytest.mark.parametrize("kwargs,kind", [({"mask": "add"}, 1), ({"mask": "where"}, 2), ({"gqa": True, "mask": "none"}, 0)])
 def test_plugin_emit_through_reference_runner(kwargs, kind):
-    runner = pytest.importorskip("converter.reference_runner")
+    runner = pytest.importorskip("converter.runtime.reference_runner")
     model = attention_model(**kwargs)
     out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "plugin"})
     assert result.changed == 1

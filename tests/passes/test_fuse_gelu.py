@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from converter.plugin_refs import get_reference
-from surgery.numerics import run_ort
+from converter.plugins.refs import get_reference
+from converter.runtime.numerics import run_ort
 from tests.attention_builders import gelu_model
 from surgery import to_graph, to_model
 from tests.helpers import apply_pass, assert_same_outputs, ops, same_graph
@@ -84,7 +84,7 @@ def test_plugin_emit_matches_reference(form, approx):
 
 
 def test_plugin_emit_through_reference_runner():
-    runner = pytest.importorskip("converter.reference_runner")
+    runner = pytest.importorskip("converter.runtime.reference_runner")
     model = gelu_model("tanh-pow")
     out, _ = apply_pass(model, "fuse-gelu", ctx_options={"emit": "plugin"})
     x = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float32)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from converter.reference_runner import run_with_references
-from surgery.numerics import random_feeds, run_ort, spec_from_model
+from converter.runtime.reference_runner import run_with_references
+from converter.runtime.numerics import random_feeds, run_ort, spec_from_model
 from tests.builders import make_model, tensor
 from tests.fusion_builders import GAMMA, layernorm_model, tf_layernorm_model
 from tests.helpers import apply_pass, assert_same_outputs, ops, same_graph

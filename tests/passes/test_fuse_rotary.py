@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 from surgery import PassContext, PassManager, get_pass, load_model, parse_pipeline, to_graph, to_model
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from surgery.errors import UserInputError
-from surgery.numerics import load_spec, random_feeds, run_ort
 from tests.helpers import apply_pass, ops, same_graph
 from tests.rotary_builders import B, HEAD, HIDDEN, SEQ, rotary_model
 from tests.samples import manifest, sample_path, spec_path

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from converter.reference_runner import run_with_references
+from converter.runtime.reference_runner import run_with_references
+from converter.runtime.numerics import random_feeds, run_ort, spec_from_model
 from surgery import PassContext, get_pass, to_graph
 from surgery.errors import UserInputError
-from surgery.numerics import random_feeds, run_ort, spec_from_model
 from tests.fusion_builders import skip_layernorm_model
 from tests.helpers import apply_pass, assert_same_outputs, ops, same_graph
 

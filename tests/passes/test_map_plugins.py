@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from converter.cli import main
-from converter.plugin_map import load_plugin_map
+from converter.cli.main import main
+from converter.plugins.map import load_plugin_map
 from passes.map_plugins import parse_plugin_map
 from surgery.errors import UserInputError
 from surgery.plugins import PLUGIN_DOMAIN

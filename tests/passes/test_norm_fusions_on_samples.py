@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from surgery import PassContext, PassManager, load_model, parse_pipeline, to_graph, to_model
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 MANIFEST = SAMPLES / "manifest.json"

@@ -11,7 +11,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from surgery import to_graph, to_model
-from surgery.numerics import run_ort
+from converter.runtime.numerics import run_ort
 from tests.builders import const, make_model, tensor
 from tests.helpers import apply_pass, assert_same_outputs, ops, same_graph
 

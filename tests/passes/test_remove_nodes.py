@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from surgery import to_graph, to_model
-from surgery.numerics import run_ort
+from converter.runtime.numerics import run_ort
 from tests.builders import constant_node_model, removable_model, single_node_model
 from tests.helpers import apply_pass, assert_same_outputs, ops, same_graph
 

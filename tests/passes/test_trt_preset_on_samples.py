@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from converter.optimize import OptimizeOptions, optimize_file
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from tests.samples import manifest, sample_path, spec_path
 
 KIND_OPS = {  # ops that count as one fused block of each kind, per emit target
@@ -75,8 +75,8 @@ def test_outputs_match_original_and_rerun_changes_nothing(name, emit, tmp_path_f
 @pytest.mark.parametrize("name", [e["name"] for e in TRANSFORMERS])
 def test_fused_model_parses_and_builds_with_tensorrt_where_the_export_did(name, tmp_path_factory, tmp_path):
     """Plain builder settings: the trt preset never loses a build (fp32 attention stays decomposed)."""
-    from converter.backends import select_backend
-    from converter.capability import check_model
+    from converter.trt.backends import select_backend
+    from converter.trt.capability import check_model
 
     backend = select_backend("auto")
     before = check_model(sample_path(name), backend, spec_path=spec_path(name))

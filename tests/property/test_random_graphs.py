@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from surgery import PassContext, to_graph, to_model
 from surgery.errors import PreconditionError, UserInputError
-from surgery.numerics import random_feeds, run_ort, spec_from_model
+from converter.runtime.numerics import random_feeds, run_ort, spec_from_model
 from surgery.pass_manager import PassManager
 from surgery.registry import get_pass, list_passes, list_presets, parse_pipeline
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.builders import shape_arith_model
 from tests.hostile import MALFORMED
 

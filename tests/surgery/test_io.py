@@ -3,7 +3,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from converter.cli import main
+from converter.cli.main import main
 from surgery import load_model, save_model, to_graph, to_model
 from surgery.io import assign_names
 from tests.builders import shape_arith_model

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from converter.cli import main
+from converter.cli.main import main
 from tests.helpers import assert_same_outputs
 
 

@@ -10,8 +10,8 @@ import sys
 import onnx
 import pytest
 
-from converter.cli import main
-from surgery.numerics import load_spec, random_feeds, run_ort
+from converter.cli.main import main
+from converter.runtime.numerics import load_spec, random_feeds, run_ort
 from tests.samples import sample_names, sample_path, spec_path
 
 

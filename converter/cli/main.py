@@ -1,4 +1,4 @@
-"""The ``surgery`` command line. Each subcommand lives in ``converter/cmd_<name>.py``.
+"""The ``surgery`` command line. Each subcommand lives in ``converter/cli/<name>.py``.
 
 Exit codes: 0 success, 1 the work failed (a pass, a check, a validation), 2 user error, 3 skipped
 (validation of an engine with no runnable TensorRT).
@@ -15,16 +15,16 @@ from typing import Sequence
 from surgery.errors import SurgeryError, UserInputError
 
 COMMANDS = {
-    "inspect": ("converter.cmd_inspect", "Describe a model: opset, I/O, op histogram, parameters, dynamic dims."),
-    "optimize": ("converter.cmd_optimize", "Run a pass pipeline and write the optimized model and a report."),
-    "list-passes": ("converter.cmd_list_passes", "List every pass (and the presets)."),
-    "extract": ("converter.cmd_extract", "Isolate the subgraph between given tensors into a new model."),
-    "check": ("converter.cmd_check", "Report what TensorRT can and cannot take, node by node."),
-    "convert": ("converter.cmd_convert", "Build a TensorRT engine from an ONNX model."),
-    "validate": ("converter.cmd_validate", "Compare a candidate (ONNX or engine) against a reference model."),
-    "run": ("converter.cmd_run", "optimize -> check -> convert -> validate, with one report."),
-    "partition": ("converter.cmd_partition", "Split a model into TensorRT-supported and unsupported partitions."),
-    "run-partitioned": ("converter.cmd_run_partitioned", "Run partitions in order (TensorRT where it runs, else onnxruntime)."),
+    "inspect": ("converter.cli.inspect", "Describe a model: opset, I/O, op histogram, parameters, dynamic dims."),
+    "optimize": ("converter.cli.optimize", "Run a pass pipeline and write the optimized model and a report."),
+    "list-passes": ("converter.cli.list_passes", "List every pass (and the presets)."),
+    "extract": ("converter.cli.extract", "Isolate the subgraph between given tensors into a new model."),
+    "check": ("converter.cli.check", "Report what TensorRT can and cannot take, node by node."),
+    "convert": ("converter.cli.convert", "Build a TensorRT engine from an ONNX model."),
+    "validate": ("converter.cli.validate", "Compare a candidate (ONNX or engine) against a reference model."),
+    "run": ("converter.cli.run", "optimize -> check -> convert -> validate, with one report."),
+    "partition": ("converter.cli.partition", "Split a model into TensorRT-supported and unsupported partitions."),
+    "run-partitioned": ("converter.cli.run_partitioned", "Run partitions in order (TensorRT where it runs, else onnxruntime)."),
 }
 
 

@@ -6,7 +6,7 @@
   parser ignores the domain, so e.g. ``com.microsoft:Attention`` would be imported as ONNX Attention
   with different inputs and meaning.
 * ``plugin_problem`` tells "plugin not loaded" from "plugin field mismatch" (and a plugin named like an
-  ONNX op) using the plugin registry and the plugin catalog (``plugin_check``).
+  ONNX op) using the plugin registry and the plugin catalog (``converter.plugins.check``).
 * ``remedy_for`` names a registered pass that rewrites the op, a described plugin, or says there is
   no known remedy.
 * Two kinds of op get their reason and remedy from what they are, since the parser says only "false"
@@ -19,10 +19,11 @@ import re
 from types import ModuleType
 from typing import Any
 
-from converter.plugin_check import diagnose
-from converter.static_support import ONNX_DOMAINS, onnx_op_exists
+from converter.plugins.check import diagnose
+from converter.trt.static_support import ONNX_DOMAINS, onnx_op_exists
 from surgery.plugins import PLUGIN_DOMAIN, plugin_specs
 from surgery.registry import list_passes
+from surgery.rewrite import NodeRewritePass
 
 NO_REMEDY = "no known remedy"
 KEEP_ON_ORT = "keep it on onnxruntime: `surgery partition MODEL -o DIR` then `surgery run-partitioned DIR`"
@@ -64,18 +65,6 @@ _TRANSLATIONS: list[tuple[str, str]] = [
     (r"dynamic.*not supported|Dynamic.*unsupported", "TensorRT cannot handle a dynamic shape at this node"),
     (r"cudaError|CUDA driver version is insufficient", "no usable GPU/CUDA driver for this TensorRT build"),
 ]
-
-# op -> pass names that rewrite it (only passes present in the registry are offered)
-OP_PASSES: dict[str, tuple[str, ...]] = {
-    "NonZero": ("rewrite-static-nonzero", "replace-unsupported-ops"),
-    "Unique": ("replace-unsupported-ops",),
-    "Compress": ("rewrite-static-nonzero", "replace-unsupported-ops"),
-    "com.microsoft:Attention": ("replace-contrib-ops", "replace-unsupported-ops"),
-    "com.microsoft:LayerNormalization": ("replace-contrib-ops", "replace-unsupported-ops"),
-    "com.microsoft:SkipLayerNormalization": ("replace-contrib-ops", "replace-unsupported-ops"),
-    "com.microsoft:Gelu": ("replace-contrib-ops", "replace-unsupported-ops"),
-}
-
 
 def translate(desc: str, op: str) -> str:
     """One plain sentence for a TensorRT error message about ``op`` (what the op is, when that says more)."""
@@ -120,11 +109,11 @@ def is_plugin_node(domain: str, attrs: dict[str, Any]) -> bool:
 
 def plugin_problem(trt: ModuleType | None, op: str, attrs: dict[str, Any]) -> tuple[str, str]:
     """(kind, reason) for a plugin node: plugin-name-collision, plugin-not-loaded, plugin-field-mismatch, or ok
-    (see ``converter.plugin_check.diagnose``)."""
+    (see ``converter.plugins.check.diagnose``)."""
     return diagnose(trt, op, attrs)
 
 
-def remedy_for(op: str, domain: str, kind: str) -> str:
+def remedy_for(op: str, kind: str) -> str:
     """The registered pass or described plugin that fixes this node, else ``NO_REMEDY``."""
     registered = {cls.name: cls for cls in list_passes()}
     if kind == "build-failure" and op == "Attention":
@@ -134,20 +123,17 @@ def remedy_for(op: str, domain: str, kind: str) -> str:
         return QUANTIZED_REMEDY
     if kind in ("plugin-name-collision", "plugin-not-loaded", "plugin-field-mismatch"):
         return _plugin_remedy(op, kind)
-    found = _pass_for(op, domain, registered) or _described_plugin(op)
+    found = _pass_for(op, registered) or _described_plugin(op)
     if op in DATA_DEPENDENT_OPS:
         return f"{found} (when the input is a build-time constant), else {KEEP_ON_ORT}" if found else KEEP_ON_ORT
     return found or NO_REMEDY
 
 
-def _pass_for(op: str, domain: str, registered: dict[str, Any]) -> str | None:
-    """``pass NAME`` for a registered pass that rewrites the op, else None."""
-    key = op if domain in ONNX_DOMAINS else f"{domain}:{op}"
-    for name in OP_PASSES.get(key, ()):
-        if name in registered:
-            return f"pass {name}"
+def _pass_for(op: str, registered: dict[str, Any]) -> str | None:
+    """``pass NAME`` for a registered pass that declares it rewrites the op, else None."""
     for name, cls in registered.items():
-        if op in (getattr(cls, "rewrites_ops", ()) or getattr(cls, "ops", ())):  # ops: a NodeRewritePass's
+        ops = cls.rewrites_ops or (cls.ops if issubclass(cls, NodeRewritePass) else ())
+        if op in ops:
             return f"pass {name}"
     return None
 

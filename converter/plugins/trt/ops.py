@@ -44,32 +44,32 @@ class PluginOp:
 
 
 def _layernorm(ins: list[Any], out: Any, f: Fields, dev: Callable[[str], Any]) -> None:
-    from converter.trt_plugins import kernels
+    from converter.plugins.trt import kernels
 
     kernels.layernorm(ins[0], dev("gamma"), dev("beta"), f["epsilon"], out=out)
 
 
 def _rmsnorm(ins: list[Any], out: Any, f: Fields, dev: Callable[[str], Any]) -> None:
-    from converter.trt_plugins import kernels
+    from converter.plugins.trt import kernels
 
     kernels.rmsnorm(ins[0], dev("gamma"), f["epsilon"], out=out)
 
 
 def _groupnorm(ins: list[Any], out: Any, f: Fields, dev: Callable[[str], Any]) -> None:
-    from converter.trt_plugins import kernels
+    from converter.plugins.trt import kernels
 
     kernels.groupnorm(ins[0], dev("gamma"), dev("beta"), int(f["num_groups"]), f["epsilon"],
                       silu=int(f.get("activation", 0)) == 1, out=out)
 
 
 def _gelu(ins: list[Any], out: Any, f: Fields, dev: Callable[[str], Any]) -> None:
-    from converter.trt_plugins import kernels
+    from converter.plugins.trt import kernels
 
     kernels.gelu(ins[0], int(f.get("approximate", 0)), out=out)
 
 
 def _attention(ins: list[Any], out: Any, f: Fields, dev: Callable[[str], Any]) -> None:
-    from converter.trt_plugins import kernels
+    from converter.plugins.trt import kernels
 
     kernels.attention(ins[0], ins[1], ins[2], ins[3] if len(ins) > 3 else None, scale=float(f["scale"]),
                       causal=bool(int(f.get("causal", 0))), mask_kind=int(f.get("mask_kind", 0)), out=out)

@@ -1,9 +1,10 @@
 """TensorRT backends: detect ``tensorrt`` / ``tensorrt_rtx``, pick one, and feature-detect their APIs.
 
-``auto`` prefers full TensorRT, then TensorRT-RTX, then the built-in ``static`` table. Everything
-that differs between the libraries (``supports_model_v2`` vs ``supports_model``, precision builder
-flags, strongly typed networks, decomposable attention, hardware compatibility) is detected here by
-looking for the attribute, never by comparing version strings.
+``auto`` prefers full TensorRT, then TensorRT-RTX, then the built-in ``static`` table. What differs
+between the libraries is detected by looking for the attribute, never by comparing version strings:
+``Backend.features`` holds the builder settings the build checks before it asks for them; the others
+(strongly typed networks, decomposable attention, hardware compatibility levels) are detected where
+they are used (``converter.trt.raw``, ``converter.trt.build``).
 """
 from __future__ import annotations
 
@@ -60,32 +61,11 @@ def _import(name: str) -> tuple[ModuleType | None, str]:
     return module, ""
 
 
-def available() -> dict[str, str]:
-    """Map each library backend to its version, or to 'unavailable: <reason>'."""
-    out = {}
-    for name in _MODULES:
-        module, why = _import(name)
-        out[name] = getattr(module, "__version__", "?") if module else f"unavailable: {why}"
-    return out
-
-
 def detect_features(trt: ModuleType) -> dict[str, bool]:
-    """Which optional APIs this TensorRT module has (checked by attribute, not by version)."""
-    parser_cls = getattr(trt, "OnnxParser", object)
+    """Which optional builder settings this TensorRT module has (checked by attribute, not by version)."""
     return {
-        "supports_model_v2": hasattr(parser_cls, "supports_model_v2"),
-        "supports_model": hasattr(parser_cls, "supports_model"),
-        "strongly_typed": hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"),
-        "fp16_flag": hasattr(trt.BuilderFlag, "FP16"),
-        "bf16_flag": hasattr(trt.BuilderFlag, "BF16"),
-        "int8_flag": hasattr(trt.BuilderFlag, "INT8"),
         "version_compatible": hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"),
-        "hardware_compatibility": hasattr(trt, "HardwareCompatibilityLevel"),
-        "decomposable_attention": hasattr(getattr(trt, "IAttention", object), "decomposable"),
-        "engine_inspector": hasattr(getattr(trt, "ICudaEngine", object), "create_engine_inspector"),
         "builder_optimization_level": hasattr(getattr(trt, "IBuilderConfig", object), "builder_optimization_level"),
-        "compute_capabilities": hasattr(trt, "ComputeCapability"),
-        "plugin_registry": hasattr(trt, "get_plugin_registry"),
     }
 
 

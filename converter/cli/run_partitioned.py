@@ -11,23 +11,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converter.partition_run import execute_partitions, load_manifest
-from converter.specs import resolve_spec
-from converter.validate import make_feeds
-from surgery.numerics import compare, run_ort
+from converter.cli.args import add_input_arguments, add_tolerance_arguments
+from converter.runtime.numerics import compare, run_ort
+from converter.runtime.partition_run import execute_partitions, load_manifest
+from converter.runtime.specs import resolve_spec
+from converter.runtime.validate import make_feeds
 from surgery.paths import check_outputs, model_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder written by `surgery partition`")
-    parser.add_argument("--spec", help="input spec JSON (default: the original model's .spec.json or derived)")
-    parser.add_argument("--inputs", metavar="FILE.npz", help="input arrays (default: seeded random from the spec)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: 0)")
+    add_input_arguments(parser, "input spec JSON (default: the original model's .spec.json or derived)")
     parser.add_argument("--no-tensorrt", action="store_true", help="run every partition on onnxruntime")
     parser.add_argument("--compare", action="store_true", help="compare with the original model on onnxruntime")
     parser.add_argument("--save", metavar="OUT.npz", help="write the outputs")
-    parser.add_argument("--atol", type=float, default=1e-4)
-    parser.add_argument("--rtol", type=float, default=1e-3)
+    add_tolerance_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter import remedies
-from converter.backends import Backend, make_logger, polygraphy_trt, require_library
-from converter.profiles import Profile, ProfileChoice, profiles_for
-from converter.trt_raw import layer_table, layer_to_node, mark_attention_decomposable, network_profiles
+from converter.trt import remedies
+from converter.trt.backends import Backend, make_logger, polygraphy_trt, require_library
+from converter.trt.profiles import Profile, ProfileChoice, profiles_for
+from converter.trt.raw import layer_table, layer_to_node, mark_attention_decomposable, network_profiles
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import LoadedModel
 
@@ -70,7 +70,7 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
     from polygraphy.exception import PolygraphyException
     from polygraphy.logger import G_LOGGER
 
-    from converter.capability import load_plugins
+    from converter.trt.capability import load_plugins
 
     logger = make_logger(trt, verbose=True)
     pg_util.TRT_LOGGER = logger  # polygraphy hands this logger to every builder it creates

@@ -2,7 +2,7 @@
 
 Nodes are taken in topological order; each maximal run of standard nodes becomes a small sub-model
 executed on onnxruntime (CPU, graph optimizations off), and each plugin node (domain
-``surgery.plugins.PLUGIN_DOMAIN``) is executed with its reference from ``converter.plugin_refs``.
+``surgery.plugins.PLUGIN_DOMAIN``) is executed with its reference from ``converter.plugins.refs``.
 This is how a plugin substitution is validated on a machine without a GPU.
 """
 from __future__ import annotations
@@ -14,16 +14,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from converter.plugin_refs import get_reference
+from converter.plugins.refs import get_reference
 from surgery.errors import SurgeryError
-from surgery.numerics import ort_session
+from converter.runtime.numerics import ort_session
 from surgery.plugins import PLUGIN_DOMAIN
 
 log = logging.getLogger(__name__)
 
 
 class MissingReferenceError(SurgeryError):
-    """A plugin node has no numpy reference in ``converter.plugin_refs``."""
+    """A plugin node has no numpy reference in ``converter.plugins.refs``."""
 
 
 def run_with_references(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -36,7 +36,7 @@ def run_with_references(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray])
     nodes = _toposort(graph)
     missing = sorted({n.op_type for n in nodes if n.domain == PLUGIN_DOMAIN and get_reference(n.op_type) is None})
     if missing:
-        raise MissingReferenceError(f"no numpy reference for plugin op(s) {', '.join(missing)}; add one to converter/plugin_refs.py")
+        raise MissingReferenceError(f"no numpy reference for plugin op(s) {', '.join(missing)}; add one to converter/plugins/refs.py")
     values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     values.update({k: np.asarray(v) for k, v in feeds.items()})
     wanted = [o.name for o in graph.output]

@@ -18,7 +18,7 @@ import onnx
 from onnx import shape_inference
 
 from surgery.errors import UserInputError
-from surgery.numerics import InputSpec
+from converter.runtime.numerics import InputSpec
 from surgery.shapes import parse_shapes
 
 log = logging.getLogger(__name__)
@@ -62,17 +62,6 @@ def _dims(d: list[int]) -> str:
     return "x".join(map(str, d)) if d else "scalar"
 
 
-def add_shape_arguments(parser: argparse.ArgumentParser, spec_help: str = "input spec JSON (its shapes are the opt point)") -> None:
-    """The shape options of ``check``, ``convert``, ``run`` and ``partition``, as trtexec and Polygraphy spell them."""
-    parser.add_argument("--input-shapes", metavar="SHAPES",
-                        help="build for one point: x:[1,3,224,224] or x:1x3x224x224 (several inputs: comma or space separated)")
-    parser.add_argument("--min-shapes", action="append", default=[], metavar="SHAPES",
-                        help="profile minimum, same syntax; repeat --min/--opt/--max-shapes for several profiles")
-    parser.add_argument("--opt-shapes", action="append", default=[], metavar="SHAPES")
-    parser.add_argument("--max-shapes", action="append", default=[], metavar="SHAPES")
-    parser.add_argument("--spec", help=spec_help)
-
-
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {t.name for t in model.graph.initializer}
     return [vi for vi in model.graph.input if vi.name not in inits]
@@ -92,7 +81,7 @@ def choose_profiles(model: onnx.ModelProto, args: argparse.Namespace, specs: lis
 
     Args:
         model: the model the profile is for.
-        args: parsed options of ``add_shape_arguments`` (missing attributes count as not given).
+        args: parsed options of ``converter.cli.args.add_shape_arguments`` (missing attributes count as not given).
         specs: shapes from a spec file, or None.
         spec_source: where ``specs`` came from (for the report).
     """
@@ -287,7 +276,7 @@ def first_inconsistency(model: onnx.ModelProto, inputs: list[onnx.ValueInfoProto
 
 def profiles_for(model: onnx.ModelProto, model_path: str | Path | None, args: argparse.Namespace | None) -> ProfileChoice:
     """``choose_profiles`` with the spec resolved as every command does: ``--spec``, else the model's sibling spec."""
-    from converter.specs import resolve_spec
+    from converter.runtime.specs import resolve_spec
 
     spec = spec_path_for(model_path, getattr(args, "spec", None)) if model_path is not None else None
     specs = resolve_spec(model, model_path, spec) if spec is not None else None

@@ -20,13 +20,13 @@ from typing import Any, Sequence
 import onnx
 from onnx import helper
 
-from converter import remedies
-from converter.backends import Backend, make_logger
-from converter.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
-from converter.profiles import ProfileChoice, describe_profile, profiles_for
-from converter.static_support import classify as static_classify
-from converter.trt_plugins import register_python_plugins
-from converter.trt_raw import attribute_build_error, build_check_isolated, create_network
+from converter.trt import remedies
+from converter.trt.backends import Backend, make_logger
+from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
+from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
+from converter.trt.static_support import classify as static_classify
+from converter.plugins.trt import register_python_plugins
+from converter.trt.raw import attribute_build_error, build_check_isolated, create_network
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
 
@@ -261,4 +261,4 @@ def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatu
             if kind != "ok":
                 n.mark("unsupported", kind, reason, n.detail)
         if n.status != "supported":
-            n.remedy = remedies.remedy_for(n.op, n.domain, n.kind)
+            n.remedy = remedies.remedy_for(n.op, n.kind)

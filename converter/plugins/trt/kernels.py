@@ -12,7 +12,7 @@ _SM_COUNT: dict[int, int] = {}
 
 
 def _tk() -> Any:
-    from converter.trt_plugins import triton_kernels
+    from converter.plugins.trt import triton_kernels
 
     return triton_kernels
 

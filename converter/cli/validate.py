@@ -13,10 +13,10 @@ from pathlib import Path
 
 import onnx
 
-from converter.backends import select_backend
-from converter.cmd_check import add_backend_argument
-from converter.specs import resolve_spec
-from converter.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
+from converter.cli.args import add_backend_argument, add_input_arguments, add_json_argument
+from converter.runtime.specs import resolve_spec
+from converter.runtime.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
+from converter.trt.backends import select_backend
 from surgery.errors import UserInputError
 from surgery.io import LoadedModel, load_model
 from surgery.paths import check_outputs, model_files
@@ -28,15 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", help="reference ONNX model")
     parser.add_argument("candidate", help="candidate: an .onnx model or a TensorRT engine file")
     add_backend_argument(parser)
-    parser.add_argument("--spec", help="input spec JSON (default: REFERENCE's .spec.json or derived)")
-    parser.add_argument("--inputs", metavar="FILE.npz", help="use these inputs instead of random ones")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    add_input_arguments(parser, "input spec JSON (default: REFERENCE's .spec.json or derived)")
     parser.add_argument("--atol", type=float, help="absolute tolerance (default: 1e-4 for fp32 candidates; fp16/bf16: "
                                                    "1e-3/1e-2 of each output's largest magnitude)")
     parser.add_argument("--rtol", type=float, help="relative tolerance (default: 1e-3 for fp32 and fp16, 1e-2 for bf16)")
     parser.add_argument("--mark-all", action="store_true",
                         help="also compare every intermediate tensor both models share and name the first divergent node")
-    parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the comparison as JSON")
+    add_json_argument(parser, "the comparison")
 
 
 def is_onnx(path: str | Path) -> bool:

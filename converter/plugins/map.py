@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from converter.plugin_catalog import catalog_spec
+from converter.plugins.catalog import catalog_spec
 from passes.map_plugins import MapRule, parse_plugin_map
 from surgery.errors import UserInputError
 from surgery.plugins import get_plugin_spec

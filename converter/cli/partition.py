@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from converter.backends import select_backend
-from converter.cmd_check import add_backend_argument
-from converter.partition_run import partition_model
+from converter.cli.args import add_backend_argument
+from converter.runtime.partition_run import partition_model
+from converter.trt.backends import select_backend
 from surgery.paths import check_outputs, model_files
 
 

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from converter.cli.args import parse_size
 from converter.optimize import OptimizeOptions, optimize_file
 from surgery.errors import UserInputError
 from surgery.shapes import parse_shapes
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store weights in OUT.data (automatic above 2 GB)")
     parser.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
-    parser.add_argument("--fold-size-threshold", metavar="SIZE", type=_size,
+    parser.add_argument("--fold-size-threshold", metavar="SIZE", type=parse_size,
                         help="largest tensor fold-constants may create, e.g. 4M or 1G (default 4M)")
     parser.add_argument("--remove-node", action="append", default=[], metavar="NAME",
                         help="with the remove-nodes pass: a node to bypass (repeatable)")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if "remove-nodes" not in (args.passes or ""):
             raise UserInputError("--remove-node/--remove-op: add the remove-nodes pass to --passes")
     if args.plugin_map:
-        from converter.plugin_map import load_plugin_map
+        from converter.plugins.map import load_plugin_map
 
         opts.extra["plugin_map"] = load_plugin_map(args.plugin_map)
     report = optimize_file(args.model, output, opts)
@@ -70,19 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     return 0
-
-
-def _size(text: str) -> int:
-    """``4096``, ``4K``, ``16M``, ``1G`` -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    body, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
-    try:
-        value = int(float(body) * unit)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return value
 
 
 def _print_summary(report: dict) -> None:

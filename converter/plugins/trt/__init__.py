@@ -3,12 +3,12 @@
 ``register_python_plugins(trt)`` registers one creator per onnx-surgery plugin op (SurgeryLayerNorm,
 SurgeryRMSNorm, SurgeryGroupNorm, SurgeryGelu, SurgeryAttention) in ``trt.get_plugin_registry()`` under
 the op's PluginSpec namespace and version, so the ONNX parser turns plugin-fused nodes into
-plugin layers and the builder builds them (on a CPU, with TensorRT-RTX). ``converter.capability.
+plugin layers and the builder builds them (on a CPU, with TensorRT-RTX). ``converter.trt.capability.
 load_plugins`` calls it, so ``surgery check``, ``convert`` and ``run`` see the plugins registered.
 
 Build-time code needs only numpy; running an engine calls ``enqueue``, which needs torch and triton
 and a CUDA GPU (kernels in ``kernels.py`` / ``triton_kernels.py``). Importing this package imports
-nothing heavy, so ``bench/plugins.py`` can import ``converter.trt_plugins.kernels`` on a bare GPU box.
+nothing heavy, so ``bench/plugins.py`` can import ``converter.plugins.trt.kernels`` on a bare GPU box.
 """
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ def register_python_plugins(trt: ModuleType) -> list[str]:
         log.warning("onnx-surgery Python plugins not registered: %s", problem)
         return []
     import passes  # noqa: F401  (the fuse passes register the PluginSpecs)
-    from converter.trt_plugins.ops import PLUGIN_OPS
-    from converter.trt_plugins.plugin import make_plugin_classes
+    from converter.plugins.trt.ops import PLUGIN_OPS
+    from converter.plugins.trt.plugin import make_plugin_classes
     from surgery.plugins import get_plugin_spec
 
     registry = trt.get_plugin_registry()

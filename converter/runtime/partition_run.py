@@ -22,11 +22,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from converter.backends import Backend, select_backend
-from converter.capability import check_model
+from converter.trt.backends import Backend, select_backend
+from converter.trt.capability import check_model
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
-from surgery.numerics import InputSpec, run_ort
+from converter.runtime.numerics import InputSpec, run_ort
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ class _TensorRT:
         """Outputs, or None after setting ``unavailable`` to the reason the engine cannot run here."""
         if self.unavailable:
             return None
-        from converter.trt_build import BuildOptions, build_engine
-        from converter.validate import EngineSkipped, run_engine
+        from converter.trt.build import BuildOptions, build_engine
+        from converter.runtime.validate import EngineSkipped, run_engine
 
         specs = [InputSpec(k, tuple(v.shape), v.dtype.name) for k, v in feeds.items()]
         with tempfile.TemporaryDirectory() as tmp:

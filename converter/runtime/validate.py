@@ -7,9 +7,9 @@ the two models share by name and names the first reference node (topological ord
 diverges.
 
 An ONNX candidate onnxruntime cannot run at its precision (bf16: no CPU kernels) is compared through
-its float32 upcast (``surgery.numerics.upcast_to_float32``: weights keep their rounding, every bf16
+its float32 upcast (``converter.runtime.numerics.upcast_to_float32``: weights keep their rounding, every bf16
 tensor is rounded through a Cast pair). Without --atol/--rtol the tolerance follows the candidate's
-precision (``surgery.numerics.PRECISION_TOLERANCES``); the report says which tolerance, why, and
+precision (``converter.runtime.numerics.PRECISION_TOLERANCES``); the report says which tolerance, why, and
 whether the candidate was upcast.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from converter.backends import Backend, make_logger, polygraphy_trt
+from converter.trt.backends import Backend, make_logger, polygraphy_trt
 from surgery.errors import UserInputError
-from surgery.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
+from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
                               precision_tolerance, random_feeds, run_ort)
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from surgery.errors import UserInputError
-from surgery.numerics import InputSpec, load_spec, spec_from_model
+from converter.runtime.numerics import InputSpec, load_spec, spec_from_model
 
 log = logging.getLogger(__name__)
 

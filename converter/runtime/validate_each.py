@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from surgery.errors import NumericMismatchError
 from surgery.io import save_model, to_model
-from surgery.numerics import (InputSpec, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
+from converter.runtime.numerics import (InputSpec, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
                               precision_tolerance, random_feeds, run_ort)
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.pass_manager import PassHook

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.trt_plugins.ops import Fields, PluginOp
+from converter.plugins.trt.ops import Fields, PluginOp
 from surgery.plugins import PluginSpec
 
 log = logging.getLogger(__name__)

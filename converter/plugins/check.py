@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from converter.plugin_catalog import catalog_spec
-from converter.static_support import onnx_op_exists
+from converter.plugins.catalog import catalog_spec
+from converter.trt.static_support import onnx_op_exists
 from surgery.plugins import get_plugin_spec
 
 _META = ("plugin_version", "plugin_namespace")

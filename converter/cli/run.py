@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from converter.cmd_check import add_backend_argument
-from converter.cmd_convert import add_build_arguments, options_from_args
+from converter.cli.args import add_backend_argument, add_build_arguments, add_seed_argument, add_tolerance_arguments, build_options
 from converter.pipeline import RunOptions, run_pipeline
 
 
@@ -15,14 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="optimization preset (default: trt if defined, else default)")
     add_backend_argument(parser)
     add_build_arguments(parser)
-    parser.add_argument("--atol", type=float, default=1e-4)
-    parser.add_argument("--rtol", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    add_tolerance_arguments(parser)
+    add_seed_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     opts = RunOptions(backend=args.backend, preset=args.preset, spec=Path(args.spec) if args.spec else None,
-                      build=options_from_args(args), shapes=args, atol=args.atol, rtol=args.rtol, seed=args.seed)
+                      build=build_options(args), shapes=args, atol=args.atol, rtol=args.rtol, seed=args.seed)
     result = run_pipeline(args.model, args.output, opts)
     r = result.report
     opt = r["optimize"]

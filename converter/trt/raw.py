@@ -13,7 +13,7 @@ import sys
 from types import ModuleType
 from typing import Any, Sequence
 
-from converter.backends import make_logger
+from converter.trt.backends import make_logger
 from surgery.errors import ConversionError
 
 _LAYER_META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
@@ -113,7 +113,7 @@ def _probe_main() -> None:
     module_name, data, path, profiles, decomposable = pickle.load(sys.stdin.buffer)
     trt = importlib.import_module(module_name)
     try:
-        from converter.trt_plugins import register_python_plugins
+        from converter.plugins.trt import register_python_plugins
 
         register_python_plugins(trt)  # the parent's registry does not reach this process
         result = build_check(trt, data, path, profiles, decomposable)
@@ -130,7 +130,7 @@ def build_check_isolated(trt: ModuleType, data: bytes, path: str, profiles: Sequ
     q, k and v are one tensor); a crash must not take the whole report down.
     """
     payload = pickle.dumps((trt.__name__, data, path, list(profiles), decomposable_attention))
-    cmd = [sys.executable, "-c", "from converter.trt_raw import _probe_main; _probe_main()"]
+    cmd = [sys.executable, "-c", "from converter.trt.raw import _probe_main; _probe_main()"]
     try:
         proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

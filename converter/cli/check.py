@@ -8,15 +8,11 @@ import argparse
 import json
 from pathlib import Path
 
-from converter.backends import BACKEND_CHOICES, select_backend
-from converter.capability import CapabilityReport, check_model
-from converter.profiles import add_shape_arguments, describe_profile
+from converter.cli.args import add_backend_argument, add_json_argument, add_plugin_arguments, add_shape_arguments
+from converter.trt.backends import select_backend
+from converter.trt.capability import CapabilityReport, check_model
+from converter.trt.profiles import describe_profile
 from surgery.paths import check_outputs, model_files
-
-
-def add_backend_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
-                        help="auto prefers tensorrt, then tensorrt-rtx, then the static table (default: auto)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which library the static table answers for (default: tensorrt-rtx)")
     parser.add_argument("--no-build", action="store_true", help="skip the engine build after a clean parse")
     add_shape_arguments(parser, "input spec JSON (opt shapes for the build; default: MODEL's .spec.json, else derived)")
-    parser.add_argument("--plugins", action="append", default=[], metavar="LIB.so", help="plugin library to load (repeatable)")
-    parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the report as JSON")
+    add_plugin_arguments(parser)
+    add_json_argument(parser, "the report")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     parser.add_argument("--save-partitions", metavar="DIR", help="save each partition as an ONNX model")
     parser.add_argument("--all-nodes", action="store_true", help="list supported nodes too")
-    parser.add_argument("--decomposable-attention", action="store_true",
-                        help="build with attention marked decomposable (as `convert --decomposable-attention`)")
 
 
 def run(args: argparse.Namespace) -> int:

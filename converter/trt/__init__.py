@@ -1,0 +1,1 @@
+"""TensorRT: backend selection, capability check, engine build, raw network helpers, profiles, remedies."""

@@ -37,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from converter.plugins.refs import get_reference  # noqa: E402  (numpy only)
+from surgery.plugins import get_plugin_spec  # noqa: E402
+import passes.plugins  # noqa: E402,F401  (registers the specs with their numpy references)
 
 LIMITS = {"fp32": 1e-5, "fp16": 1e-3}
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in _cases():
         for dname, dtype in (("fp32", np.float32), ("fp16", np.float16)):
             ins_np, fields = _inputs(case, np.dtype(dtype), rng)
-            ref = get_reference(case["op"])([a if a.dtype == bool else a.astype(np.float64) for a in ins_np], fields)[0]
+            ref = get_plugin_spec(case["op"]).reference([a if a.dtype == bool else a.astype(np.float64) for a in ins_np], fields)[0]
             ins = [torch.from_numpy(a).cuda() for a in ins_np]
             plugin = _plugin_call(k, torch, case["op"], ins, fields)
             out = plugin().float().cpu().numpy()

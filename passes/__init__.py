@@ -20,6 +20,7 @@ from passes import (  # noqa: F401  (imported for registration)
     infer_shapes,
     inline_constant_if,
     map_plugins,
+    plugins,
     merge_transposes,
     normalize_resize,
     remove_dead_nodes,

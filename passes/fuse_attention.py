@@ -66,16 +66,10 @@ import onnx_graphsurgeon as gs
 from passes import _attention_match as am
 from surgery.graph_utils import NameGen, scalar_value
 from surgery.pass_base import PassContext
-from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.plugins import make_plugin_node
+from passes.plugins import ATTENTION_PLUGIN
 from surgery.registry import register_pass
 from surgery.rewrite import Match, PatternRewritePass, Reject, State
-
-ATTENTION_PLUGIN = register_plugin(PluginSpec(
-    "SurgeryAttention", "1", "onnx_surgery",
-    fields={"num_heads": "int", "scale": "float", "causal": "int", "mask_kind": "int"},
-    inputs=("q", "k", "v", "mask?"),
-    notes="Q/K/V [B,H,S,D]; K/V may have H/g heads (grouped-query); mask_kind 0 none, 1 additive float, "
-          "2 boolean (true = attend); causal masks the upper triangle (top-left aligned)"))
 
 MS_DOMAIN = "com.microsoft"
 ATTENTION_OPSET = 23

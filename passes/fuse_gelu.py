@@ -54,13 +54,10 @@ import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, commuted_patterns, const_value, is_const, scalar_value
 from surgery.pass_base import PassContext
-from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.plugins import make_plugin_node
+from passes.plugins import GELU_PLUGIN
 from surgery.registry import register_pass
 from surgery.rewrite import Match, PatternRewritePass, Reject, State
-
-GELU_PLUGIN = register_plugin(PluginSpec(
-    "SurgeryGelu", "1", "onnx_surgery", fields={"approximate": "int"}, inputs=("x",),
-    notes="approximate: 0 = erf (exact), 1 = tanh approximation, 2 = x*sigmoid(1.702x)"))
 
 MS_DOMAIN = "com.microsoft"
 GELU_OPSET = 20

@@ -46,17 +46,12 @@ from passes._norm_patterns import (
 )
 from surgery.graph_utils import NameGen, const_value, disconnect, is_const, producer, scalar_value, tensor_rank
 from surgery.pass_base import PassContext
-from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.plugins import make_plugin_node
+from passes.plugins import GROUPNORM_PLUGIN
 from surgery.registry import register_pass
 from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 GROUPNORM_OPSET = 21
-GROUPNORM_PLUGIN = register_plugin(PluginSpec(
-    op="SurgeryGroupNorm", version="1", namespace="onnx_surgery",
-    fields={"num_groups": "int", "epsilon": "float", "activation": "int", "gamma": "tensor", "beta": "tensor"},
-    inputs=("input",),
-    notes="GroupNorm on NCHW-like input, per-channel gamma/beta [C]; activation 0 = none, 1 = SiLU.",
-))
 Core = Literal["instnorm", "reduce-pow", "reduce-mul", "layernorm"]
 CORES: tuple[Core, ...] = ("instnorm", "reduce-pow", "reduce-mul", "layernorm")
 TAILS = (Affine("g", "b"), Affine("g", "br"), Affine("gr", "b"), Affine("gr", "br"), Affine())

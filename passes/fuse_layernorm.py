@@ -49,16 +49,12 @@ from passes._norm_patterns import (
 )
 from surgery.graph_utils import NameGen, const_value, is_const, last_dim, scalar_value, tensor_rank
 from surgery.pass_base import PassContext
-from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.plugins import make_plugin_node
+from passes.plugins import LAYERNORM_PLUGIN
 from surgery.registry import register_pass
 from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 LAYERNORM_OPSET = 17
-LAYERNORM_PLUGIN = register_plugin(PluginSpec(
-    op="SurgeryLayerNorm", version="1", namespace="onnx_surgery",
-    fields={"epsilon": "float", "gamma": "tensor", "beta": "tensor"}, inputs=("input",),
-    notes="LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * gamma + beta; statistics in fp32.",
-))
 ORT_NOTE = "ort: emitted standard LayerNormalization (onnxruntime has no com.microsoft LayerNormalization)"
 
 

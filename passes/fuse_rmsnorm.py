@@ -45,16 +45,12 @@ from passes._norm_patterns import (
 )
 from surgery.graph_utils import NameGen, const_value, is_const, last_dim, producer, scalar_value, tensor_rank
 from surgery.pass_base import PassContext
-from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.plugins import make_plugin_node
+from passes.plugins import RMSNORM_PLUGIN
 from surgery.registry import register_pass
 from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
 RMSNORM_OPSET = 23
-RMSNORM_PLUGIN = register_plugin(PluginSpec(
-    op="SurgeryRMSNorm", version="1", namespace="onnx_surgery",
-    fields={"epsilon": "float", "gamma": "tensor"}, inputs=("input",),
-    notes="RMSNorm over the last axis: x / sqrt(mean(x^2) + epsilon) * gamma; statistics in fp32.",
-))
 ORT_NOTE = ("ort: emitted RMSNormalization-23 (onnxruntime registers SimplifiedLayerNormalization "
             "in the default ONNX domain, which the ONNX checker rejects)")
 

@@ -42,18 +42,11 @@ import onnx_graphsurgeon as gs
 from passes._norm_patterns import channel_vector
 from surgery.graph_utils import NameGen, const_value, is_const, producer, tensor_rank
 from surgery.pass_base import PassContext
-from surgery.plugins import PluginSpec, make_plugin_node, register_plugin
+from surgery.plugins import make_plugin_node
+from passes.plugins import SKIP_LN_PLUGIN, TRT_SKIP_LN_EPSILON
 from surgery.registry import register_pass
 from surgery.rewrite import Match, PatternRewritePass, Reject, State
 
-TRT_SKIP_LN_EPSILON = float(np.finfo(np.float32).eps)
-SKIP_LN_PLUGIN = register_plugin(PluginSpec(
-    op="CustomSkipLayerNormPluginDynamic", version="1", namespace="",
-    fields={"type_id": "int", "ld": "int", "beta": "tensor", "gamma": "tensor", "bias": "tensor"},
-    inputs=("input", "skip"), builtin=True,
-    notes="TensorRT BERT plugin: LayerNorm(input + skip + bias) over dim 2 of [S, B, E, 1, 1]; "
-          "type_id 0 fp32 / 1 fp16; no epsilon field (kernel-fixed, at most FLT_EPSILON).",
-))
 _TYPE_IDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
 
 

@@ -8,12 +8,14 @@ plugins up by op type and ignores the domain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 PLUGIN_DOMAIN = "trt.plugins"
+# reference(inputs in node order, plugin fields with TENSOR fields as arrays) -> outputs
+Reference = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
 _SPECS: dict[str, "PluginSpec"] = {}
 
 FIELD_TYPES = ("float", "int", "ints", "floats", "string", "tensor")
@@ -21,7 +23,8 @@ FIELD_TYPES = ("float", "int", "ints", "floats", "string", "tensor")
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """A plugin op: name, version, namespace, its fields (name -> type) and notes on its semantics."""
+    """A plugin op: name, version, namespace, its fields (name -> type), notes on its semantics and,
+    for the ops our passes emit, the numpy ``reference`` that runs it on a CPU."""
 
     op: str
     version: str
@@ -31,6 +34,7 @@ class PluginSpec:
     outputs: tuple[str, ...] = ("output",)
     builtin: bool = False  # True: ships with TensorRT; False: an onnx-surgery plugin
     notes: str = ""
+    reference: Reference | None = field(default=None, compare=False, repr=False)
 
     def validate_attrs(self, attrs: dict[str, Any]) -> list[str]:
         """Problems with ``attrs`` against the field schema (empty when all is well)."""

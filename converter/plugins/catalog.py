@@ -12,7 +12,7 @@ namespace. Field types: float, int (also 0/1 booleans), ints, floats, string, te
 them as TENSOR attributes of float32/float16 or int32 data, never INT64).
 
 These specs live in their own table keyed by (name, version), not in ``surgery.plugins``: several
-versions of one plugin coexist, and these plugins have no numpy reference in ``converter.plugins.refs``.
+versions of one plugin coexist, and these plugins have no numpy reference (ours carry one in ``passes/plugins.py``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Nodes are taken in topological order; each maximal run of standard nodes becomes a small sub-model
 executed on onnxruntime (CPU, graph optimizations off), and each plugin node (domain
-``surgery.plugins.PLUGIN_DOMAIN``) is executed with its reference from ``converter.plugins.refs``.
+``surgery.plugins.PLUGIN_DOMAIN``) is executed with the numpy reference its ``PluginSpec`` carries (``passes/plugins.py``).
 This is how a plugin substitution is validated on a machine without a GPU.
 """
 from __future__ import annotations
@@ -14,16 +14,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from converter.plugins.refs import get_reference
-from surgery.errors import SurgeryError
+import passes.plugins  # noqa: F401  (registers the plugin specs and their references)
 from converter.runtime.numerics import ort_session
-from surgery.plugins import PLUGIN_DOMAIN
+from surgery.errors import SurgeryError
+from surgery.plugins import PLUGIN_DOMAIN, get_plugin_spec
 
 log = logging.getLogger(__name__)
 
 
 class MissingReferenceError(SurgeryError):
-    """A plugin node has no numpy reference in ``converter.plugins.refs``."""
+    """A plugin node whose ``PluginSpec`` carries no numpy reference."""
 
 
 def run_with_references(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -34,7 +34,7 @@ def run_with_references(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray])
     """
     graph = model.graph
     nodes = _toposort(graph)
-    missing = sorted({n.op_type for n in nodes if n.domain == PLUGIN_DOMAIN and get_reference(n.op_type) is None})
+    missing = sorted({n.op_type for n in nodes if n.domain == PLUGIN_DOMAIN and _reference(n.op_type) is None})
     if missing:
         raise MissingReferenceError(f"no numpy reference for plugin op(s) {', '.join(missing)}; add one to converter/plugins/refs.py")
     values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -60,7 +60,7 @@ def _run_plugin(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> dict[str
     for a in node.attribute:
         v = helper.get_attribute_value(a)
         attrs[a.name] = numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v.decode() if isinstance(v, bytes) else v
-    outs = get_reference(node.op_type)([values[n] for n in node.input if n], attrs)
+    outs = _reference(node.op_type)([values[n] for n in node.input if n], attrs)
     log.debug("plugin %s (%s) ran on its numpy reference", node.name, node.op_type)
     return dict(zip(node.output, outs))
 
@@ -124,3 +124,8 @@ def _toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
                 if j is not None and state[j] == 0:
                     stack.append((j, False))
     return order
+
+
+def _reference(op: str):
+    spec = get_plugin_spec(op)
+    return spec.reference if spec is not None else None

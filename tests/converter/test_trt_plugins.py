@@ -20,7 +20,6 @@ import onnx
 import pytest
 
 from converter.cli.main import main
-from converter.plugins.refs import get_reference
 from converter.runtime.reference_runner import run_with_references
 from converter.plugins.trt.ops import PLUGIN_OPS
 from converter.runtime.numerics import load_spec, random_feeds, run_ort
@@ -200,7 +199,7 @@ def test_enqueue_matches_the_reference_on_gpu(op, dtype, rng):
     for name in ("gamma", "beta"):
         if name in plugin_specs()[op].fields:
             fields[name] = (1.0 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-    ref = get_reference(op)([a.astype(np.float64) for a in ins_np], fields)[0]
+    ref = plugin_specs()[op].reference([a.astype(np.float64) for a in ins_np], fields)[0]
     ins = [torch.from_numpy(a).cuda() for a in ins_np]
     out = torch.full(ref.shape, float("nan"), dtype=ins[0].dtype, device="cuda")
     trt_name = {"float32": "FLOAT", "float16": "HALF"}[dtype]

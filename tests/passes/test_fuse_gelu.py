@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from converter.plugins.refs import get_reference
+from passes.plugins import GELU_PLUGIN
 from converter.runtime.numerics import run_ort
 from tests.attention_builders import gelu_model
 from surgery import to_graph, to_model
@@ -79,7 +79,7 @@ def test_plugin_emit_matches_reference(form, approx):
     assert attrs["approximate"] == approx and attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"onnx_surgery"
     x = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float32)
     want = run_ort(model, {"x": x})["y"]
-    got = get_reference("SurgeryGelu")([x], {"approximate": approx})[0]
+    got = GELU_PLUGIN.reference([x], {"approximate": approx})[0]
     np.testing.assert_allclose(got, want, **TOL)
 
 

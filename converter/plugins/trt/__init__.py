@@ -93,7 +93,7 @@ def register_python_plugins(trt: ModuleType) -> list[str]:
     if problem:
         log.warning("onnx-surgery Python plugins not registered: %s", problem)
         return []
-    import passes  # noqa: F401  (the fuse passes register the PluginSpecs)
+    import passes.plugins  # noqa: F401  (registers the PluginSpecs)
     from converter.plugins.trt.ops import PLUGIN_OPS
     from converter.plugins.trt.plugin import make_plugin_classes
     from surgery.plugins import get_plugin_spec

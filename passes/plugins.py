@@ -1,41 +1,22 @@
-"""Numpy reference implementations of plugin ops, keyed by plugin op type.
+"""The plugin ops the fusion passes emit, each declared once: its ``PluginSpec`` with its numpy reference.
 
-Every ``PluginSpec`` (surgery/plugins.py) needs one; a test enforces it. A reference takes the
-node's input arrays (in node order) and its attributes (plugin fields; TENSOR fields as arrays)
-and returns the list of output arrays.
+Importing this module registers them (``passes/__init__.py`` and the TensorRT plugin loader import it
+explicitly). The TensorRT implementation of each onnx-surgery op is the only other place it appears
+(``converter/plugins/trt``). A reference takes the node's input arrays (in node order) and its
+attributes (plugin fields; TENSOR fields as arrays) and returns the list of output arrays.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any
 
 import numpy as np
 
-Reference = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
-_REFS: dict[str, Reference] = {}
+from surgery.plugins import PluginSpec, register_plugin
 
 
-def reference(op: str) -> Callable[[Reference], Reference]:
-    def deco(fn: Reference) -> Reference:
-        _REFS[op] = fn
-        return fn
-    return deco
-
-
-def get_reference(op: str) -> Reference | None:
-    return _REFS.get(op)
-
-
-def references() -> dict[str, Reference]:
-    return dict(_REFS)
-
-# ---- references are defined below, one per plugin op ----
-
-
-@reference("SurgeryGelu")
 def _surgery_gelu(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
     """approximate 0: x·Φ(x) with erf; 1: the tanh approximation; 2: x·sigmoid(1.702x)."""
-    import math
-
     x = inputs[0]
     xf = x.astype(np.float64)
     approx = int(attrs.get("approximate", 0))
@@ -48,7 +29,6 @@ def _surgery_gelu(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.nd
     return [y.astype(x.dtype)]
 
 
-@reference("SurgeryAttention")
 def _surgery_attention(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
     """softmax(Q·K^T·scale + mask)·V on [B,H,S,D]; K/V with fewer heads are repeated (grouped-query)."""
     q, k, v = (a.astype(np.float64) for a in inputs[:3])
@@ -79,14 +59,12 @@ def _layernorm_last_axis(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
     return (xf - mean) / np.sqrt(var + eps) * gamma.astype(np.float64) + beta.astype(np.float64)
 
 
-@reference("SurgeryLayerNorm")
 def _surgery_layernorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
     """LayerNorm over the last axis with gamma/beta [C] TENSOR fields."""
     x = inputs[0]
     return [_layernorm_last_axis(x, np.asarray(attrs["gamma"]), np.asarray(attrs["beta"]), float(attrs["epsilon"])).astype(x.dtype)]
 
 
-@reference("SurgeryRMSNorm")
 def _surgery_rmsnorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
     """x / sqrt(mean(x^2, last axis) + epsilon) * gamma."""
     x = inputs[0]
@@ -95,7 +73,6 @@ def _surgery_rmsnorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np
     return [(y * np.asarray(attrs["gamma"]).astype(np.float64)).astype(x.dtype)]
 
 
-@reference("SurgeryGroupNorm")
 def _surgery_groupnorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
     """GroupNorm on [N, C, ...] with per-channel gamma/beta; activation 1 applies SiLU afterwards."""
     x = inputs[0]
@@ -116,7 +93,6 @@ def _surgery_groupnorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[
 TRT_SKIP_LN_EPSILON = float(np.finfo(np.float32).eps)
 
 
-@reference("CustomSkipLayerNormPluginDynamic")
 def _trt_skip_layernorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
     """LayerNorm(input + skip [+ bias]) over the hidden axis (dim 2 of [S, B, E, 1, 1]); ld = E."""
     x, skip = inputs[0], inputs[1]
@@ -127,3 +103,40 @@ def _trt_skip_layernorm(inputs: list[np.ndarray], attrs: dict[str, Any]) -> list
     moved = np.moveaxis(s, 2, -1) if x.ndim == 5 else s
     y = _layernorm_last_axis(moved, np.asarray(attrs["gamma"]).reshape(-1), np.asarray(attrs["beta"]).reshape(-1), TRT_SKIP_LN_EPSILON)
     return [(np.moveaxis(y, -1, 2) if x.ndim == 5 else y).astype(x.dtype)]
+
+
+# ---- the specs ----
+
+ATTENTION_PLUGIN = register_plugin(PluginSpec(
+    "SurgeryAttention", "1", "onnx_surgery",
+    fields={"num_heads": "int", "scale": "float", "causal": "int", "mask_kind": "int"},
+    inputs=("q", "k", "v", "mask?"),
+    notes="Q/K/V [B,H,S,D]; K/V may have H/g heads (grouped-query); mask_kind 0 none, 1 additive float, "
+          "2 boolean (true = attend); causal masks the upper triangle (top-left aligned)", reference=_surgery_attention))
+
+GELU_PLUGIN = register_plugin(PluginSpec(
+    "SurgeryGelu", "1", "onnx_surgery", fields={"approximate": "int"}, inputs=("x",),
+    notes="approximate: 0 = erf (exact), 1 = tanh approximation, 2 = x*sigmoid(1.702x)", reference=_surgery_gelu))
+
+RMSNORM_PLUGIN = register_plugin(PluginSpec(
+    op="SurgeryRMSNorm", version="1", namespace="onnx_surgery",
+    fields={"epsilon": "float", "gamma": "tensor"}, inputs=("input",),
+    notes="RMSNorm over the last axis: x / sqrt(mean(x^2) + epsilon) * gamma; statistics in fp32.", reference=_surgery_rmsnorm))
+
+LAYERNORM_PLUGIN = register_plugin(PluginSpec(
+    op="SurgeryLayerNorm", version="1", namespace="onnx_surgery",
+    fields={"epsilon": "float", "gamma": "tensor", "beta": "tensor"}, inputs=("input",),
+    notes="LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * gamma + beta; statistics in fp32.", reference=_surgery_layernorm))
+
+SKIP_LN_PLUGIN = register_plugin(PluginSpec(
+    op="CustomSkipLayerNormPluginDynamic", version="1", namespace="",
+    fields={"type_id": "int", "ld": "int", "beta": "tensor", "gamma": "tensor", "bias": "tensor"},
+    inputs=("input", "skip"), builtin=True,
+    notes="TensorRT BERT plugin: LayerNorm(input + skip + bias) over dim 2 of [S, B, E, 1, 1]; "
+          "type_id 0 fp32 / 1 fp16; no epsilon field (kernel-fixed, at most FLT_EPSILON).", reference=_trt_skip_layernorm))
+
+GROUPNORM_PLUGIN = register_plugin(PluginSpec(
+    op="SurgeryGroupNorm", version="1", namespace="onnx_surgery",
+    fields={"num_groups": "int", "epsilon": "float", "activation": "int", "gamma": "tensor", "beta": "tensor"},
+    inputs=("input",),
+    notes="GroupNorm on NCHW-like input, per-channel gamma/beta [C]; activation 0 = none, 1 = SiLU.", reference=_surgery_groupnorm))

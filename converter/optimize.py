@@ -1,10 +1,9 @@
 """Optimize a model file: load, run a pass pipeline, save atomically, build the report."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 
@@ -13,7 +12,7 @@ from surgery.errors import UserInputError
 from surgery.io import load_model, save_model, to_graph, to_model
 from surgery.paths import check_outputs, model_files
 from converter.runtime.numerics import InputSpec, load_spec, spec_from_model
-from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.pass_base import PassContext
 from surgery.pass_manager import PassHook, PassManager
 from surgery.registry import list_passes, parse_pipeline, preset_pipeline
 from converter.runtime.validate_each import NumericGuard
@@ -36,23 +35,6 @@ class OptimizeOptions:
     keep_io_types: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None  # checked with the other outputs before any work; written by the caller
-
-
-class _Progress(PassHook):
-    """One status line on stderr, only when attached to a terminal."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.n = total, 0
-        self.enabled = sys.stderr.isatty()
-
-    def before(self, step: Pass, graph, ctx) -> None:
-        self.n += 1
-        if self.enabled:
-            print(f"\r\033[K[{self.n}] {step.name} ({len(graph.nodes)} nodes)", end="", file=sys.stderr, flush=True)
-
-    def after(self, step: Pass, graph, ctx, result: PassResult) -> None:
-        if self.enabled and self.n >= self.total:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 def pipeline_spec(opts: OptimizeOptions) -> tuple[str, dict[str, str]]:
@@ -83,8 +65,9 @@ def input_specs(model: onnx.ModelProto, model_path: Path, opts: OptimizeOptions)
     return specs
 
 
-def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> dict[str, Any]:
-    """Optimize ``src`` into ``dst``; returns the JSON-ready report. Nothing is written on failure."""
+def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks: Sequence[PassHook] = ()) -> dict[str, Any]:
+    """Optimize ``src`` into ``dst``; returns the JSON-ready report. Nothing is written on failure.
+    ``hooks`` see every pass (the CLI's progress line is one)."""
     loaded = load_model(src)
     dst = Path(dst)
     inputs = model_files(loaded.path, loaded.model)
@@ -110,7 +93,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions) -> di
     if opts.precision:
         options.update(precision=opts.precision, keep_io_types=opts.keep_io_types)
     ctx = PassContext(options=options, explain=opts.explain)
-    hooks: list[PassHook] = [_Progress(len(steps))]
+    hooks = list(hooks)
     guard = None
     if opts.validate_each:
         dump = opts.dump_dir or dst.parent / f"{dst.stem}.validate-each"

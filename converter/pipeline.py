@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 
@@ -22,9 +22,10 @@ from converter.report_html import run_html
 from converter.runtime.specs import resolve_spec
 from converter.trt.build import BuildOptions, build_engine
 from converter.runtime.validate import make_feeds, validate_engine, validate_onnx
-from surgery.errors import ConversionError, UserInputError
+from surgery.errors import ConversionError
 from surgery.io import load_model
 from surgery.paths import check_outputs, model_files
+from surgery.pass_manager import PassHook
 from surgery.registry import list_presets
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _full(loaded: Any) -> onnx.ModelProto:
     return onnx.load(str(loaded.path)) if loaded.has_external_data else loaded.model
 
 
-def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) -> RunResult:
+def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions, hooks: Sequence[PassHook] = ()) -> RunResult:
     """Run the four stages; every stage's outcome (or why it did not run) lands in the report."""
     out = Path(out_dir)
     written = ("model.opt.onnx", "model.opt.onnx.data", "model.engine", "model.engine.build.log",
@@ -63,7 +64,7 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions) 
     out.mkdir(exist_ok=True)
     preset = opts.preset or ("trt" if "trt" in list_presets() else "default")
     opt_path = out / "model.opt.onnx"
-    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec))
+    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec), hooks=hooks)
     optimize["preset"] = preset
     backend = select_backend(opts.backend)
     spec_path = opts.spec or _sibling_spec(model_path)

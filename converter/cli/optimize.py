@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from converter.cli.args import parse_size
+from converter.cli.progress import StepProgress
 from converter.optimize import OptimizeOptions, optimize_file
 from surgery.errors import UserInputError
 from surgery.shapes import parse_shapes
@@ -66,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
         from converter.plugins.map import load_plugin_map
 
         opts.extra["plugin_map"] = load_plugin_map(args.plugin_map)
-    report = optimize_file(args.model, output, opts)
+    progress = StepProgress()
+    try:
+        report = optimize_file(args.model, output, opts, hooks=[progress])
+    finally:
+        progress.done()
     _print_summary(report)
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
@@ -76,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(report: dict) -> None:
     print(f"{report['input']} -> {report['output']}")
     print(f"nodes: {report['nodes_before']} -> {report['nodes_after']}; {report['total_changed']} change(s)")
+    print(f"pipeline: {report['pipeline']}")
+    for name, flag in report["added_by_options"].items():
+        print(f"  {name} added for {flag}")
     width = max((len(r["name"]) for r in report["passes"]), default=4)
     for r in report["passes"]:
         stats = ", ".join(f"{k}={v}" for k, v in r["stats"].items())

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from converter.cli.args import add_backend_argument, add_build_arguments, add_seed_argument, add_tolerance_arguments, build_options
+from converter.cli.progress import StepProgress
 from converter.pipeline import RunOptions, run_pipeline
 
 
@@ -21,7 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     opts = RunOptions(backend=args.backend, preset=args.preset, spec=Path(args.spec) if args.spec else None,
                       build=build_options(args), shapes=args, atol=args.atol, rtol=args.rtol, seed=args.seed)
-    result = run_pipeline(args.model, args.output, opts)
+    progress = StepProgress()
+    try:
+        result = run_pipeline(args.model, args.output, opts, hooks=[progress])
+    finally:
+        progress.done()
     r = result.report
     opt = r["optimize"]
     print(f"optimize   {opt['preset']}: {opt['nodes_before']} -> {opt['nodes_after']} nodes")

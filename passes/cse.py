@@ -91,7 +91,7 @@ class CsePass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        limit = self.max_const_bytes if ctx.options.cse_max_const_bytes is None else ctx.options.cse_max_const_bytes
+        limit = self.max_const_bytes
         toposort(graph)
         replace = self._dedupe_constants(graph, limit, result)
         dups, outputs = self._find_duplicates(graph, replace, limit, result)

@@ -14,8 +14,8 @@ Requires: nothing.
 
 Rejects:
     trip-count-not-constant: M is absent (an unbounded loop) or computed at run time.
-    too-many-iterations: M exceeds ``ctx.options.unroll_max_iters``, or when that is None the pass's
-        ``max_iters`` (default 16; the body would be copied too often).
+    too-many-iterations: M exceeds the pass's ``max_iters`` (default 16; the body would be copied too
+        often).
     zero-iterations: M is 0 or the initial condition is false (scan outputs would be empty tensors of
         unknown shape).
     condition-not-constant: the initial condition is computed at run time.
@@ -72,11 +72,10 @@ class UnrollLoopPass(NodeRewritePass[UnrollState]):
     ops = ("Loop",)
 
     def __init__(self, max_iters: int = DEFAULT_MAX_ITERS) -> None:
-        self.max_iters = max_iters  # the default of ctx.options.unroll_max_iters
+        self.max_iters = max_iters
 
     def prepare(self, graph: gs.Graph, ctx: PassContext) -> UnrollState:
-        limit = ctx.options.unroll_max_iters
-        return UnrollState(graph, ctx, int(self.max_iters if limit is None else limit))
+        return UnrollState(graph, ctx, self.max_iters)
 
     def check(self, node: gs.Node, state: UnrollState) -> int | Reject:
         trip_t = node.inputs[0] if node.inputs and node.inputs[0].name else None

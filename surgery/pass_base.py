@@ -56,9 +56,7 @@ class PassOptions:
     remove_names: tuple[str, ...] = ()  # remove-nodes
     remove_ops: tuple[str, ...] = ()  # remove-nodes
     plugin_map: Mapping[str, Any] | None = None  # map-plugins: the parsed --plugin-map file
-    cse_max_const_bytes: int | None = None  # cse: larger constants are not compared
     fold_size_threshold: int | None = None  # fold-constants: larger folded tensors stay computed
-    unroll_max_iters: int | None = None  # unroll-loop: longer loops stay loops
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> PassOptions:

@@ -38,8 +38,8 @@ class RunOptions:
     spec: Path | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
     shapes: argparse.Namespace | None = None  # --input-shapes / --min/--opt/--max-shapes
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: float | None = None  # None: the optimized model's precision decides (fp32 1e-4, fp16/bf16 looser)
+    rtol: float | None = None
     seed: int = 0
 
 
@@ -88,7 +88,8 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions, 
                                                          rtol=opts.rtol, names=names).to_json()}
     if engine.get("built"):
         validation["engine_vs_original"] = validate_engine(ref, Path(engine["path"]), backend, feeds, atol=opts.atol,
-                                                           rtol=opts.rtol, names=(str(model_path), engine["path"])).to_json()
+                                                           rtol=opts.rtol, names=(str(model_path), engine["path"]),
+                                                           built_from=load_model(opt_path).model).to_json()
     else:
         validation["engine_vs_original"] = {"status": "skipped", "skipped": f"no engine: {engine.get('reason', '')}",
                                             "outputs": []}

@@ -80,8 +80,13 @@ def add_input_arguments(parser: argparse.ArgumentParser, spec_help: str) -> None
     add_seed_argument(parser)
 
 
-def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
-    """Fixed tolerances (``validate`` has its own, which follow the candidate's precision)."""
+def add_tolerance_arguments(parser: argparse.ArgumentParser, by_precision: bool = False) -> None:
+    """``--atol``/``--rtol``: fixed, or with ``by_precision`` None by default, so the comparison takes the
+    candidate's precision's tolerance (fp32 1e-4/1e-3; fp16 and bf16 looser, with the reason reported)."""
+    if by_precision:
+        parser.add_argument("--atol", type=float, help="absolute tolerance (default: by the candidate's precision)")
+        parser.add_argument("--rtol", type=float, help="relative tolerance (default: by the candidate's precision)")
+        return
     parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default: 1e-4)")
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default: 1e-3)")
 

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="optimization preset (default: trt if defined, else default)")
     add_backend_argument(parser)
     add_build_arguments(parser)
-    add_tolerance_arguments(parser)
+    add_tolerance_arguments(parser, by_precision=True)
     add_seed_argument(parser)
 
 

@@ -13,6 +13,8 @@ why; every other partition runs on onnxruntime.
 """
 from __future__ import annotations
 
+import argparse
+
 import json
 import logging
 import tempfile
@@ -34,13 +36,17 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-def partition_model(model_path: str | Path, out_dir: str | Path, backend: Backend | None = None) -> dict[str, Any]:
-    """Write the partitions of ``model_path`` and their manifest under ``out_dir``; return the manifest."""
+def partition_model(model_path: str | Path, out_dir: str | Path, backend: Backend | None = None,
+                    shapes: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Write the partitions of ``model_path`` and their manifest under ``out_dir``; return the manifest.
+
+    ``shapes`` carries ``--spec``/``--input-shapes``/``--min/--opt/--max-shapes`` for the build that
+    classifies the nodes, as for ``check``; the manifest records the profile used."""
     backend = backend or select_backend("auto")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: exists and is not a folder")
-    report = check_model(model_path, backend, save_dir=out)
+    report = check_model(model_path, backend, save_dir=out, shapes=shapes)
     model = load_model(model_path).model
     reasons = {n.name: n.reason for n in report.nodes}
     entries = []
@@ -53,7 +59,8 @@ def partition_model(model_path: str | Path, out_dir: str | Path, backend: Backen
     manifest = {"format": FORMAT, "model": str(Path(model_path).resolve()),
                 "inputs": [i.name for i in model.graph.input if i.name not in inits],
                 "outputs": [o.name for o in model.graph.output], "classified_by": report.backend,
-                "partitions": entries}
+                "profile": {k: list(map(list, v)) for k, v in (report.build.profile or {}).items()},
+                "profile_source": report.build.profile_source, "partitions": entries}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -219,8 +219,10 @@ def run_engine(backend: Backend, engine: bytes, feeds: Mapping[str, np.ndarray])
 
 
 def validate_engine(reference: onnx.ModelProto, engine_path: Path, backend: Backend, feeds: Mapping[str, np.ndarray], *,
-                    atol: float | None, rtol: float | None, names: tuple[str, str]) -> ValidationReport:
-    tol = choose_tolerance(None, atol, rtol)
+                    atol: float | None, rtol: float | None, names: tuple[str, str],
+                    built_from: onnx.ModelProto | None = None) -> ValidationReport:
+    """``built_from`` (the ONNX model the engine was built from) sets the tolerance by its precision."""
+    tol = choose_tolerance(built_from, atol, rtol)
     report = ValidationReport(names[0], names[1], tol.atol, tol.rtol, tolerance=tol.describe())
     data = Path(engine_path).read_bytes()
     try:

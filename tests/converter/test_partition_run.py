@@ -108,3 +108,17 @@ def test_cli_partition_and_run(tmp_path, capsys):
 
 def test_cli_run_partitioned_without_manifest(tmp_path, capsys):
     assert main(["run-partitioned", str(tmp_path)]) == 2
+
+
+def test_cli_partition_takes_the_shape_options(tmp_path, capsys):
+    """The classifying build runs over the profile the user gives, and the manifest records it."""
+    folder = tmp_path / "parts"
+    assert main(["partition", str(sample_path("cnn_ts")), "-o", str(folder), "--backend", "tensorrt-rtx",
+                 "--min-shapes", "x:1x3x32x32", "--opt-shapes", "x:2x3x32x32", "--max-shapes", "x:3x3x32x32"]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["profile_source"] == "--min/--opt/--max-shapes"
+    assert manifest["profile"] == {"x": [[1, 3, 32, 32], [2, 3, 32, 32], [3, 3, 32, 32]]}
+    assert "x: min 1x3x32x32, opt 2x3x32x32, max 3x3x32x32" in capsys.readouterr().out
+    assert main(["partition", str(sample_path("cnn_ts")), "-o", str(tmp_path / "p2"), "--input-shapes", "nope:8"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "p2" / "manifest.json").exists()

@@ -37,3 +37,20 @@ def test_run_with_static_backend_records_why_no_engine(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["engine"]["built"] is False and "static" in report["engine"]["reason"]
     assert report["validation"]["engine_vs_original"]["status"] == "skipped"
+
+
+@pytest.mark.trt
+def test_run_on_an_fp16_model_holds_it_to_the_fp16_tolerance(tmp_path):
+    """A user's fp16 export: run's validation takes the precision's tolerance and says so (it was fixed at
+    the fp32 1e-4/1e-3 before); an explicit --atol/--rtol still wins."""
+    half = tmp_path / "half.onnx"
+    assert main(["optimize", str(SAMPLE), "-o", str(half), "--precision", "fp16"]) == 0
+    out = tmp_path / "run"
+    assert main(["run", str(half), "-o", str(out), "--backend", "tensorrt-rtx"]) == 0
+    val = json.loads((out / "report.json").read_text())["validation"]["optimized_vs_original"]
+    assert val["status"] == "passed" and val["tolerance"].startswith("fp16 candidate")
+    assert val["rtol"] == 1e-3 and val["atol"] == 1e-4
+    out2 = tmp_path / "run2"
+    assert main(["run", str(half), "-o", str(out2), "--backend", "tensorrt-rtx", "--rtol", "0.5"]) == 0
+    val2 = json.loads((out2 / "report.json").read_text())["validation"]["optimized_vs_original"]
+    assert val2["rtol"] == 0.5 and "--rtol given" in val2["tolerance"]

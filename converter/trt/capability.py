@@ -3,31 +3,29 @@
 Library backends classify nodes by data flow: parse the model; every parser error that names a node
 marks that node unsupported; the node is cut out (its outputs become inputs of the rest) and the
 remainder is parsed again, until it parses cleanly or an error names no node (then the rest is
-"unknown"). A fully parsed model is then built (a CPU ahead-of-time build with TensorRT-RTX) to catch
-build-time failures, attributed to nodes through the layer names/metadata the parser derives from
+"unknown"). A fully parsed model is then built by convert's own build (``converter.trt.build.EngineBuild``,
+in a child process; a CPU ahead-of-time build with TensorRT-RTX) to catch build-time failures, attributed to nodes through the layer names/metadata the parser derives from
 ONNX node names. The ``static`` backend answers from ``static_support``'s table instead.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
+import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Sequence
 
 import onnx
 from onnx import helper
 
+from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
 from converter.trt import remedies
 from converter.trt.backends import Backend, make_logger
-from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
+from converter.trt.build import BuildOptions, empty_network, layer_to_node, load_plugins, probe_build
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
 from converter.trt.static_support import classify as static_classify
-from converter.plugins.trt import register_python_plugins
-from converter.trt.raw import attribute_build_error, build_check_isolated, create_network
-from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
 
 log = logging.getLogger(__name__)
@@ -103,21 +101,6 @@ class CapabilityReport:
                 "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
 
 
-def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
-    """Load plugin libraries with ctypes, register TensorRT's own plugins, then onnx-surgery's Python plugins."""
-    for lib in libraries:
-        if not Path(lib).is_file():
-            raise UserInputError(f"{lib}: no such plugin library")
-        try:
-            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            raise UserInputError(f"{lib}: cannot load plugin library ({exc})") from None
-    if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(logger or make_logger(trt), "")
-    if trt is not None:  # after the libraries, so a C++ build of the same plugin takes precedence
-        register_python_plugins(trt)
-
-
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
                 plugins: Sequence[str | Path] = (), static_target: str | None = None,
                 save_dir: str | Path | None = None, decomposable_attention: bool = False,
@@ -133,15 +116,17 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
     outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
     if backend.is_library:
-        trt = backend.module
-        logger = make_logger(trt)
-        load_plugins(trt, plugins, logger)
-        _parse_nodes(trt, logger, model, str(loaded.path), nodes)
+        logger = make_logger(backend.module)
+        load_plugins(backend.module, plugins, logger)
+        _parse_nodes(backend, logger, model, str(loaded.path), nodes)
         if build and all(n.status == "supported" for n in nodes):
             args = argparse.Namespace(**vars(shapes or argparse.Namespace()))
             args.spec = spec_path or getattr(args, "spec", None)
             choice = profiles_for(model, spec_for or path, args)
-            outcome = _build(trt, model, str(loaded.path), choice, nodes, decomposable_attention)
+            source = loaded.path if loaded.has_external_data else model.SerializeToString()
+            options = BuildOptions(profiles=choice.profiles, plugins=[str(p) for p in plugins],
+                                   decomposable_attention=decomposable_attention)
+            outcome = _build(backend, source, options, choice, nodes)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
@@ -160,9 +145,10 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-def _parse_once(trt: ModuleType, logger: Any, data: bytes, path: str) -> tuple[bool, list[Any]]:
-    builder, network = create_network(trt, logger)
-    parser = trt.OnnxParser(network, logger)
+def _parse_once(backend: Backend, logger: Any, data: bytes, path: str) -> tuple[bool, list[Any]]:
+    """Parse into a network created as the build creates it; (ok, parser errors as tuples)."""
+    builder, network = empty_network(backend, logger)
+    parser = backend.module.OnnxParser(network, logger)
     ok = bool(parser.parse(data, path))
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     return ok, [(e.node(), e.node_name(), e.node_operator(), str(e.code()), e.desc()) for e in errors]
@@ -182,14 +168,14 @@ def _blame_by_table(model: onnx.ModelProto, nodes: list[NodeStatus], pending: li
     return blamed
 
 
-def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus]) -> None:
+def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus]) -> None:
     """Mark unsupported nodes by repeated parsing of the not-yet-rejected remainder."""
     pending = list(range(len(nodes)))
     infos: dict | None = None
     first = True
     while pending:
         sub = model if first else submodel(model, pending, infos or {}, name="remainder")
-        ok, errors = _parse_once(trt, logger, sub.SerializeToString(), path)
+        ok, errors = _parse_once(backend, logger, sub.SerializeToString(), path)
         if ok:
             return
         failed: dict[int, tuple] = {}
@@ -199,8 +185,7 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
                 failed.setdefault(pending[local], err)
         if not failed:
             desc = errors[0][4] if errors else "the parser failed without an error"
-            target = "tensorrt-rtx" if "rtx" in trt.__name__ else "tensorrt"
-            blamed = _blame_by_table(model, nodes, pending, desc, target)
+            blamed = _blame_by_table(model, nodes, pending, desc, "tensorrt-rtx" if backend.is_rtx else "tensorrt")
             if blamed:  # cut the nodes the static table rejects out and parse the rest again
                 pending = [i for i in pending if i not in blamed]
                 infos = infos if infos is not None else infer_value_infos(model)
@@ -220,19 +205,16 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
         first = False
 
 
-def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileChoice, nodes: list[NodeStatus],
-           decomposable_attention: bool = False) -> BuildOutcome:
-    data = model.SerializeToString()
-    try:
-        ok, error, layers = build_check_isolated(trt, data, path, choice.profiles, decomposable_attention)
-    except ConversionError as exc:
-        return BuildOutcome(attempted=False, ok=None, error=str(exc))
+def _build(backend: Backend, source: bytes | Path, options: BuildOptions, choice: ProfileChoice,
+           nodes: list[NodeStatus]) -> BuildOutcome:
+    """The check's build: convert's ``EngineBuild`` in a child process; a failure is attributed to nodes."""
+    ok, error, layers = probe_build(backend, source, options)
     shown = dict(profile=choice.first, profile_source=choice.source)
     if ok:
         return BuildOutcome(attempted=True, ok=True, **shown)
     if choice.derived and any(lo != hi for lo, _, hi in choice.first.values()):
         point = {k: (v[1], v[1], v[1]) for k, v in choice.first.items()}
-        at_point, _, _ = build_check_isolated(trt, data, path, [point], decomposable_attention)
+        at_point, _, _ = probe_build(backend, source, dataclasses.replace(options, profiles=[point]))
         if at_point:  # the model builds; the derived range is what failed: say so, never "no known remedy"
             reason = remedies.translate(error, "")
             return BuildOutcome(attempted=True, ok=False, kind="profile", **shown,
@@ -246,6 +228,19 @@ def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileCh
             n.mark("unsupported", "build-failure", "the engine build failed here: " + reason, error[:2000])
     return BuildOutcome(attempted=True, ok=False, kind="build-failure", error=reason if names else error[:2000],
                         nodes=sorted(names), **shown)
+
+
+def attribute_build_error(error: str, layers: Sequence[dict[str, str]], node_ops: dict[str, str]) -> set[str]:
+    """ONNX node names a builder error is about: named layers/nodes, else the op kind it mentions."""
+    mapping = layer_to_node(layers, list(node_ops))
+    names = {node for layer, node in mapping.items() if layer and layer in error}
+    names |= {n for n in node_ops if n and re.search(rf"(?<![\w/]){re.escape(n)}(?![\w/])", error)}
+    if names:
+        return names
+    for op in sorted(set(node_ops.values())):
+        if re.search(rf"\b{re.escape(op)} (operation|layer|node)", error, flags=re.IGNORECASE):
+            names |= {n for n, o in node_ops.items() if o == op}
+    return names
 
 
 def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatus]) -> None:

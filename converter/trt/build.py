@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from converter.plugins.trt import register_python_plugins
-from converter.trt import remedies
+from converter.trt import rules
 from converter.trt.backends import Backend, make_logger, polygraphy_trt, require_library, select_backend
 from converter.trt.profiles import Profile, ProfileChoice, profiles_for
 from surgery.errors import ConversionError, UserInputError
@@ -164,7 +164,7 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
         name, op = ((where.group(1), where.group(2)) if where and where.re.pattern.startswith("node") else
                     (where.group(2), where.group(1)) if where else ("", ""))
         at = f" at node '{name}' ({op})" if where else ""
-        reason = remedies.translate(detail, op)
+        reason = rules.translate(detail, op)
         raise ConversionError(f"engine build failed{at}: {_one_line(reason)} (full log: {log_path})") from exc
     except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
         log_path.write_text(build.logger.capture.text() + native.text())

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from converter.plugins.catalog import catalog_spec
-from converter.trt.static_support import onnx_op_exists
+from converter.trt.static_support import ONNX_OPS
 from surgery.plugins import get_plugin_spec
 
 _META = ("plugin_version", "plugin_namespace")
@@ -116,7 +116,7 @@ def diagnose(trt: ModuleType | None, op: str, attrs: dict[str, Any]) -> tuple[st
     """
     version = str(attrs.get("plugin_version", "1"))
     namespace = str(attrs.get("plugin_namespace", ""))
-    if onnx_op_exists(op):
+    if op in ONNX_OPS:
         return ("plugin-name-collision",
                 f"plugin '{op}' has the name of the ONNX op {op}: TensorRT's parser ignores the domain and imports "
                 f"the node as ONNX {op}, so the plugin is never called")

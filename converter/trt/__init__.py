@@ -1,1 +1,1 @@
-"""TensorRT: backend selection, capability check, engine build, raw network helpers, profiles, remedies."""
+"""TensorRT: backend selection, capability check, engine build (one path for check and convert), profiles, remedies."""

@@ -4,7 +4,7 @@
 between the libraries is detected by looking for the attribute, never by comparing version strings:
 ``Backend.features`` holds the builder settings the build checks before it asks for them; the others
 (strongly typed networks, decomposable attention, hardware compatibility levels) are detected where
-they are used (``converter.trt.raw``, ``converter.trt.build``).
+they are used (``converter.trt.build``).
 """
 from __future__ import annotations
 

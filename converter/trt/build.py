@@ -1,29 +1,43 @@
-"""Build a TensorRT engine from ONNX with Polygraphy loaders (``surgery convert``).
+"""Build TensorRT engines with Polygraphy loaders: one build path for ``convert`` and ``check``.
 
-``NetworkFromOnnxBytes``/``NetworkFromOnnxPath`` parse, ``SetDecomposableAttentions`` marks attention
-decomposable, ``CreateConfig`` carries profiles, the workspace pool, the optimization level, the
-timing cache and compatibility flags, and ``EngineBytesFromNetwork`` builds. With TensorRT-RTX this is
-a real ahead-of-time engine built on the CPU. Writes ENGINE, ENGINE.build.log and ENGINE.layers.json.
+``EngineBuild`` is that path: ``NetworkFromOnnxBytes``/``NetworkFromOnnxPath`` parse,
+``SetDecomposableAttentions`` marks attention decomposable, ``CreateConfig`` carries profiles, the
+workspace pool, the optimization level, the timing cache and compatibility flags, and
+``EngineBytesFromNetwork`` builds. With TensorRT-RTX this is a real ahead-of-time engine built on the
+CPU. ``build_engine`` (``surgery convert``) writes ENGINE, ENGINE.build.log and ENGINE.layers.json;
+``probe_build`` (``surgery check``) runs the same ``EngineBuild`` in a child process, so that a
+TensorRT crash becomes a finding, and reports only success, the error text and the layer table.
+Check and convert therefore cannot disagree about a model.
+
+What differs between TensorRT versions is detected by attribute (``hasattr``), never by version string.
 """
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
 import logging
 import os
+import pickle
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Sequence
 
-from converter.trt import remedies
-from converter.trt.backends import Backend, make_logger, polygraphy_trt, require_library
+from converter.plugins.trt import register_python_plugins
+from converter.trt import rules
+from converter.trt.backends import Backend, make_logger, polygraphy_trt, require_library, select_backend
 from converter.trt.profiles import Profile, ProfileChoice, profiles_for
-from converter.trt.raw import layer_table, layer_to_node, mark_attention_decomposable, network_profiles
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import LoadedModel
 
 log = logging.getLogger(__name__)
+
+_LAYER_META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 
 
 @dataclass
@@ -57,24 +71,73 @@ class BuildResult:
                 "bytes": self.size, "backend": self.backend, "notes": self.notes}
 
 
+def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
+    """Load plugin libraries with ctypes, register TensorRT's own plugins, then onnx-surgery's Python plugins."""
+    for lib in libraries:
+        if not Path(lib).is_file():
+            raise UserInputError(f"{lib}: no such plugin library")
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise UserInputError(f"{lib}: cannot load plugin library ({exc})") from None
+    if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger or make_logger(trt), "")
+    if trt is not None:  # after the libraries, so a C++ build of the same plugin takes precedence
+        register_python_plugins(trt)
+
+
+class EngineBuild:
+    """One engine build, the only one: parse, mark attention decomposable, configure, build.
+
+    ``model`` is the serialized ONNX model, or the path of a model file (needed when its weights
+    live in external files beside it). Calling the build returns the serialized engine, or raises:
+    ``PolygraphyException`` when parsing or building fails, ``UserInputError`` for a setting this
+    TensorRT lacks. What the build saw stays readable after a failure: ``layers`` (the parsed
+    network's layer table), ``notes`` and ``logger.capture``.
+    """
+
+    def __init__(self, backend: Backend, model: bytes | str | Path, options: BuildOptions, verbose: bool = False) -> None:
+        self.backend, self.model, self.options = backend, model, options
+        self.trt = require_library(backend, "an engine build")
+        self.logger = make_logger(self.trt, verbose=verbose)
+        self.layers: list[dict[str, str]] = []
+        self.notes: list[str] = []
+
+    def __call__(self) -> bytes:
+        trt, options = self.trt, self.options
+        pg = polygraphy_trt(self.backend)
+        from polygraphy.backend.trt import util as pg_util
+        from polygraphy.logger import G_LOGGER
+
+        pg_util.TRT_LOGGER = self.logger  # polygraphy hands this logger to every builder it creates
+        load_plugins(trt, options.plugins, self.logger)
+        if options.strongly_typed and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            raise UserInputError(f"{self.backend.name} {self.backend.version} has no strongly typed networks")
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # polygraphy's own '[!]' lines stay quiet: the failure is raised
+            if isinstance(self.model, bytes):
+                loader = pg.NetworkFromOnnxBytes(self.model, strongly_typed=options.strongly_typed)
+            else:  # the parser must find the external weights next to the file
+                loader = pg.NetworkFromOnnxPath(str(self.model), strongly_typed=options.strongly_typed)
+            network = loader()
+            if options.decomposable_attention:
+                network = _mark_decomposable(pg, trt, network, self.notes)
+            self.layers = layer_table(network[1])
+            profiles = network_profiles(network[1], options.profiles)
+            config = pg.CreateConfig(**_config_kwargs(pg, trt, self.backend, options, profiles, self.notes))
+            save = str(options.save_timing_cache) if options.save_timing_cache else None
+            return bytes(pg.EngineBytesFromNetwork(network, config=config, save_timing_cache=save)())
+
+
 def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, options: BuildOptions,
                  choice: ProfileChoice | None = None) -> BuildResult:
-    """Parse, configure and build; write the engine, its build log and its layer table.
+    """Build with ``EngineBuild``; write the engine, its build log and its layer table.
 
     The profiles are ``options.profiles`` when given, else ``choice``'s, else those
     ``profiles_for`` picks for the model (its sibling spec, else derived ranges).
     """
-    trt = require_library(backend, "convert")
-    pg = polygraphy_trt(backend)
-    from polygraphy.backend.trt import util as pg_util
+    require_library(backend, "convert")
     from polygraphy.exception import PolygraphyException
-    from polygraphy.logger import G_LOGGER
 
-    from converter.trt.capability import load_plugins
-
-    logger = make_logger(trt, verbose=True)
-    pg_util.TRT_LOGGER = logger  # polygraphy hands this logger to every builder it creates
-    load_plugins(trt, options.plugins, logger)
     engine_path = Path(engine_path)
     log_path = Path(str(engine_path) + ".build.log")
     layers_path = Path(str(engine_path) + ".layers.json")
@@ -85,39 +148,33 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
         choice = choice or profiles_for(loaded.model, loaded.path, None)
         notes.append(f"profile {choice.describe()}")
         notes += choice.notes
-    profiles = options.profiles or choice.profiles
+        options = dataclasses.replace(options, profiles=choice.profiles)
+    source = loaded.path if loaded.has_external_data else loaded.model.SerializeToString()
+    build = EngineBuild(backend, source, options, verbose=True)
     start = time.time()
-    network = None
     native = _NativeStderr()
     try:
-        with native, G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # polygraphy's own '[!]' lines stay quiet: the failure is raised
-            network = _network(pg, loaded, options)()
-            if options.decomposable_attention:
-                network = _mark_decomposable(pg, trt, network, notes)
-            layers = layer_table(network[1])
-            profiles = network_profiles(network[1], profiles)
-            config = pg.CreateConfig(**_config_kwargs(pg, trt, backend, options, profiles, notes))
-            blob = pg.EngineBytesFromNetwork(network, config=config,
-                                             save_timing_cache=str(options.save_timing_cache) if options.save_timing_cache else None)()
+        with native:
+            data = build()
     except PolygraphyException as exc:
-        log_path.write_text(logger.capture.text() + native.text())
-        detail = _failure_message(exc, logger.capture.errors(), network)
+        log_path.write_text(build.logger.capture.text() + native.text())
+        detail = _failure_message(exc, build.logger.capture.errors())
         where = (re.search(r"node '([^']*)' \(([^)]*)\)", detail)
-                 or re.search(r"parsing node number \d+ \[(\w+)[^\]]*\]:.*?Node name: (\S+)", logger.capture.text(), re.S))
+                 or re.search(r"parsing node number \d+ \[(\w+)[^\]]*\]:.*?Node name: (\S+)", build.logger.capture.text(), re.S))
         name, op = ((where.group(1), where.group(2)) if where and where.re.pattern.startswith("node") else
                     (where.group(2), where.group(1)) if where else ("", ""))
         at = f" at node '{name}' ({op})" if where else ""
-        reason = remedies.translate(detail, op)
+        reason = rules.translate(detail, op)
         raise ConversionError(f"engine build failed{at}: {_one_line(reason)} (full log: {log_path})") from exc
     except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
-        log_path.write_text(logger.capture.text() + native.text())
+        log_path.write_text(build.logger.capture.text() + native.text())
         raise ConversionError(f"engine build failed: {type(exc).__name__}: {_one_line(str(exc))} (full log: {log_path})") from exc
     seconds = time.time() - start
-    data = bytes(blob)
     engine_path.write_bytes(data)
-    log_path.write_text(logger.capture.text() + native.text())
-    node_names = [n.name for n in loaded.model.graph.node]
-    mapping = layer_to_node(layers, node_names)
+    log_path.write_text(build.logger.capture.text() + native.text())
+    notes += build.notes
+    layers = build.layers
+    mapping = layer_to_node(layers, [n.name for n in loaded.model.graph.node])
     for layer in layers:
         layer["onnx_node"] = mapping.get(layer["name"], "")
     notes.append("layer table from the parsed network (the engine inspector needs a deserialized engine, which "
@@ -126,20 +183,112 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
     return BuildResult(engine_path, log_path, layers_path, seconds, len(data), backend.describe(), notes)
 
 
-def _network(pg: Any, loaded: LoadedModel, options: BuildOptions) -> Any:
-    if loaded.has_external_data:  # the parser must find the weights next to the file
-        return pg.NetworkFromOnnxPath(str(loaded.path), strongly_typed=options.strongly_typed)
-    return pg.NetworkFromOnnxBytes(loaded.model.SerializeToString(), strongly_typed=options.strongly_typed)
+def probe_build(backend: Backend, model: bytes | str | Path, options: BuildOptions,
+                timeout_s: float = 600.0) -> tuple[bool, str, list[dict[str, str]]]:
+    """``EngineBuild`` in a child process: (ok, error text, layer table); the engine itself is dropped.
+
+    A crash inside TensorRT becomes a failed build instead of taking the whole report down
+    (TensorRT-RTX 1.7 was seen to segfault while building a valid network: an Attention node whose
+    q, k and v are one tensor).
+    """
+    require_library(backend, "a check build")
+    payload = pickle.dumps((backend.name, model, options))
+    cmd = [sys.executable, "-c", "from converter.trt.build import _probe_main; _probe_main()"]
+    try:
+        proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return False, f"the TensorRT build did not finish within {timeout_s:.0f} s", []
+    if proc.returncode != 0 or not proc.stdout:
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] if proc.stderr else []
+        return False, f"the TensorRT builder crashed ({how}) while building this model" + (f": {tail[0]}" if tail else ""), []
+    return pickle.loads(proc.stdout)
+
+
+def _probe_main() -> None:
+    """Child-process entry of ``probe_build``: (backend name, model, options) on stdin, the result on stdout."""
+    name, model, options = pickle.load(sys.stdin.buffer)
+    result_fd = os.dup(1)
+    os.dup2(2, 1)  # whatever polygraphy or TensorRT print goes to stderr; stdout carries only the result
+    build = None
+    try:
+        build = EngineBuild(select_backend(name), model, options)
+        build()
+        result = (True, "", build.layers)
+    except Exception as exc:  # report it; the parent turns it into a build failure
+        result = (False, _probe_error(exc, build.logger.capture.errors() if build else []), build.layers if build else [])
+    with os.fdopen(result_fd, "wb") as out:
+        out.write(pickle.dumps(result))
+
+
+def _probe_error(exc: Exception, errors: list[str]) -> str:
+    """The error text of a failed probe build: TensorRT's own messages where polygraphy's are generic."""
+    from polygraphy.exception import PolygraphyException
+
+    if isinstance(exc, PolygraphyException):  # "Invalid Engine...": TensorRT's log says what failed
+        return "\n".join(errors) or str(exc).strip() or "build returned no engine"
+    return "\n".join([f"{type(exc).__name__}: {exc}", *errors])
+
+
+def empty_network(backend: Backend, logger: Any) -> tuple[Any, Any]:
+    """(builder, network) created as ``EngineBuild`` creates them (polygraphy's ``CreateNetwork``), logging to ``logger``.
+
+    A builder this machine cannot create (full TensorRT without a GPU) is a ``ConversionError``.
+    """
+    trt = require_library(backend, "a TensorRT network")
+    pg = polygraphy_trt(backend)
+    from polygraphy.backend.trt import util as pg_util
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    pg_util.TRT_LOGGER = logger
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+            return pg.CreateNetwork()()
+    except (PolygraphyException, AttributeError, TypeError, RuntimeError) as exc:
+        raise ConversionError(f"{trt.__name__} cannot create a builder here ({exc}); "
+                              "full TensorRT needs a GPU, TensorRT-RTX builds on CPU") from exc
+
+
+def network_profiles(network: Any, profiles: Sequence[Profile]) -> list[Profile]:
+    """``profiles`` restricted to the network inputs that have a dynamic dim (TensorRT takes no others)."""
+    dynamic = {network.get_input(i).name for i in range(network.num_inputs) if any(d < 0 for d in network.get_input(i).shape)}
+    return [{k: v for k, v in p.items() if k in dynamic} for p in profiles if any(k in dynamic for k in p)]
+
+
+def layer_table(network: Any) -> list[dict[str, str]]:
+    """Name, type and ONNX-node metadata of every layer in ``network``."""
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        out.append({"name": layer.name, "type": str(layer.type).split(".")[-1], "metadata": getattr(layer, "metadata", "") or ""})
+    return out
+
+
+def layer_to_node(layers: Sequence[dict[str, str]], node_names: Sequence[str]) -> dict[str, str]:
+    """Map TensorRT layer names to the ONNX node names they came from."""
+    by_len = sorted(node_names, key=len, reverse=True)
+    out = {}
+    for layer in layers:
+        m = _LAYER_META.search(layer.get("metadata", ""))
+        if m and m.group(1) in node_names:
+            out[layer["name"]] = m.group(1)
+            continue
+        for node in by_len:
+            if layer["name"] == node or layer["name"].startswith(node + "_") or layer["name"].startswith(node + "/"):
+                out[layer["name"]] = node
+                break
+    return out
 
 
 def _mark_decomposable(pg: Any, trt: Any, network: Any, notes: list[str]) -> Any:
     if not hasattr(getattr(trt, "IAttention", object), "decomposable"):
         notes.append(f"{trt.__name__} has no IAttention.decomposable; --decomposable-attention ignored")
         return network
-    if hasattr(pg, "SetDecomposableAttentions"):
-        return pg.SetDecomposableAttentions(network)()
-    mark_attention_decomposable(trt, network[1])
-    return network
+    if not hasattr(pg, "SetDecomposableAttentions"):
+        notes.append("this polygraphy has no SetDecomposableAttentions; --decomposable-attention ignored")
+        return network
+    return pg.SetDecomposableAttentions(network)()
 
 
 def _config_kwargs(pg: Any, trt: Any, backend: Backend, options: BuildOptions, profiles: list[Profile],
@@ -187,7 +336,6 @@ class _NativeStderr:
     """Send what TensorRT's C++ code writes straight to file descriptor 2 (Myelin dumps) into the build log."""
 
     def __enter__(self) -> "_NativeStderr":
-        import sys
         import tempfile
 
         sys.stderr.flush()
@@ -208,12 +356,7 @@ class _NativeStderr:
         return f"\n--- written to stderr by the builder ---\n{text}" if text.strip() else ""
 
 
-def _failure_message(exc: Exception, errors: list[str], network: Any) -> str:
-    parts = [str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__]
-    parser = network[2] if isinstance(network, tuple) and len(network) > 2 else None
-    if parser is not None and getattr(parser, "num_errors", 0):
-        for i in range(parser.num_errors):
-            err = parser.get_error(i)
-            parts.append(f"node '{err.node_name()}' ({err.node_operator()}): {err.desc()}")
-    parts += errors[:5]
+def _failure_message(exc: Exception, errors: list[str]) -> str:
+    """The last line of polygraphy's exception and TensorRT's first errors (the parser's errors name their node)."""
+    parts = [str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, *errors[:5]]
     return "; ".join(p for p in parts if p)

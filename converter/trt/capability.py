@@ -3,31 +3,30 @@
 Library backends classify nodes by data flow: parse the model; every parser error that names a node
 marks that node unsupported; the node is cut out (its outputs become inputs of the rest) and the
 remainder is parsed again, until it parses cleanly or an error names no node (then the rest is
-"unknown"). A fully parsed model is then built (a CPU ahead-of-time build with TensorRT-RTX) to catch
-build-time failures, attributed to nodes through the layer names/metadata the parser derives from
-ONNX node names. The ``static`` backend answers from ``static_support``'s table instead.
+"unknown"). A fully parsed model is then built with convert's own build (``build.EngineBuild``, in a
+child process; a CPU ahead-of-time build with TensorRT-RTX) to catch build-time failures, attributed
+to nodes through the layer names/metadata the parser derives from ONNX node names. The ``static``
+backend answers from the op tables and the capability rules instead (``rules.classify``). Then every
+node, whichever backend answered, goes through the rules once more (``rules.review``: foreign-domain
+names, plugin diagnosis, a remedy for each node not supported).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
+import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Sequence
 
 import onnx
-from onnx import helper
 
-from converter.trt import remedies
-from converter.trt.backends import Backend, make_logger
 from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
+from converter.trt import rules
+from converter.trt.backends import Backend, make_logger
+from converter.trt.build import BuildOptions, empty_network, layer_to_node, load_plugins, probe_build
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
-from converter.trt.static_support import classify as static_classify
-from converter.plugins.trt import register_python_plugins
-from converter.trt.raw import attribute_build_error, build_check_isolated, create_network
-from surgery.errors import ConversionError, UserInputError
 from surgery.io import load_model
 
 log = logging.getLogger(__name__)
@@ -103,21 +102,6 @@ class CapabilityReport:
                 "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
 
 
-def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
-    """Load plugin libraries with ctypes, register TensorRT's own plugins, then onnx-surgery's Python plugins."""
-    for lib in libraries:
-        if not Path(lib).is_file():
-            raise UserInputError(f"{lib}: no such plugin library")
-        try:
-            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            raise UserInputError(f"{lib}: cannot load plugin library ({exc})") from None
-    if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(logger or make_logger(trt), "")
-    if trt is not None:  # after the libraries, so a C++ build of the same plugin takes precedence
-        register_python_plugins(trt)
-
-
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
                 plugins: Sequence[str | Path] = (), static_target: str | None = None,
                 save_dir: str | Path | None = None, decomposable_attention: bool = False,
@@ -131,65 +115,64 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     loaded = load_model(path)
     model = loaded.model
     nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
+    target = ("tensorrt-rtx" if backend.is_rtx else "tensorrt") if backend.is_library else (static_target or "tensorrt-rtx")
+    facts = rules.node_facts(model, target, backend.module)
     outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
     if backend.is_library:
-        trt = backend.module
-        logger = make_logger(trt)
-        load_plugins(trt, plugins, logger)
-        _parse_nodes(trt, logger, model, str(loaded.path), nodes)
+        logger = make_logger(backend.module)
+        load_plugins(backend.module, plugins, logger)
+        _parse_nodes(backend, logger, model, str(loaded.path), nodes, facts)
         if build and all(n.status == "supported" for n in nodes):
             args = argparse.Namespace(**vars(shapes or argparse.Namespace()))
             args.spec = spec_path or getattr(args, "spec", None)
             choice = profiles_for(model, spec_for or path, args)
-            outcome = _build(trt, model, str(loaded.path), choice, nodes, decomposable_attention)
+            source = loaded.path if loaded.has_external_data else model.SerializeToString()
+            options = BuildOptions(profiles=choice.profiles, plugins=[str(p) for p in plugins],
+                                   decomposable_attention=decomposable_attention)
+            outcome = _build(backend, source, options, choice, nodes)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
-        target = static_target or "tensorrt-rtx"
-        for n, proto in zip(nodes, model.graph.node):
-            n.mark(*static_classify(n.op, n.domain, _attrs(proto), target))
-    _postprocess(backend, model, nodes)
+        for n, fact in zip(nodes, facts):
+            v = rules.classify(fact)
+            n.mark(v.status, v.kind, v.reason)
+    _review(nodes, facts)
     parts = find_partitions(model, [n.status for n in nodes])
     if save_dir is not None:
         save_partitions(model, parts, Path(save_dir), loaded.base_dir)
     return CapabilityReport(backend.describe(), str(path), nodes, parts, outcome)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in values.items()}
-
-
-def _parse_once(trt: ModuleType, logger: Any, data: bytes, path: str) -> tuple[bool, list[Any]]:
-    builder, network = create_network(trt, logger)
-    parser = trt.OnnxParser(network, logger)
+def _parse_once(backend: Backend, logger: Any, data: bytes, path: str) -> tuple[bool, list[Any]]:
+    """Parse into a network created as the build creates it; (ok, parser errors as tuples)."""
+    builder, network = empty_network(backend, logger)
+    parser = backend.module.OnnxParser(network, logger)
     ok = bool(parser.parse(data, path))
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
     return ok, [(e.node(), e.node_name(), e.node_operator(), str(e.code()), e.desc()) for e in errors]
 
 
-def _blame_by_table(model: onnx.ModelProto, nodes: list[NodeStatus], pending: list[int], desc: str,
-                    target: str) -> set[int]:
+def _blame_by_table(facts: list[rules.NodeFacts], nodes: list[NodeStatus], pending: list[int], desc: str) -> set[int]:
     """When the parser's error names no node, attribute it to the nodes the static table rejects."""
     blamed = set()
     for i in pending:
-        proto = model.graph.node[i]
-        status, _, reason = static_classify(proto.op_type, proto.domain, _attrs(proto), target)
-        if status == "unsupported":
+        verdict = rules.classify(facts[i])
+        if verdict.status == "unsupported":
             nodes[i].mark("unsupported", "unsupported-op",
-                          f"{reason} (the parser's error named no node: {remedies.translate(desc, proto.op_type)})", desc)
+                          f"{verdict.reason} (the parser's error named no node: {rules.translate(desc, nodes[i].op)})", desc)
             blamed.add(i)
     return blamed
 
 
-def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus]) -> None:
+def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus],
+                 facts: list[rules.NodeFacts]) -> None:
     """Mark unsupported nodes by repeated parsing of the not-yet-rejected remainder."""
     pending = list(range(len(nodes)))
     infos: dict | None = None
     first = True
     while pending:
         sub = model if first else submodel(model, pending, infos or {}, name="remainder")
-        ok, errors = _parse_once(trt, logger, sub.SerializeToString(), path)
+        ok, errors = _parse_once(backend, logger, sub.SerializeToString(), path)
         if ok:
             return
         failed: dict[int, tuple] = {}
@@ -199,8 +182,7 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
                 failed.setdefault(pending[local], err)
         if not failed:
             desc = errors[0][4] if errors else "the parser failed without an error"
-            target = "tensorrt-rtx" if "rtx" in trt.__name__ else "tensorrt"
-            blamed = _blame_by_table(model, nodes, pending, desc, target)
+            blamed = _blame_by_table(facts, nodes, pending, desc)
             if blamed:  # cut the nodes the static table rejects out and parse the rest again
                 pending = [i for i in pending if i not in blamed]
                 infos = infos if infos is not None else infer_value_infos(model)
@@ -208,39 +190,36 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
                 continue
             for i in pending:
                 nodes[i].mark("unknown", "parse-error",
-                              "not classified: the parser stopped on an error that names no node: " + remedies.translate(desc, nodes[i].op),
+                              "not classified: the parser stopped on an error that names no node: " + rules.translate(desc, nodes[i].op),
                               desc)
             return
         for i, err in failed.items():
             extra = "" if first else " (found after cutting out the nodes rejected before it)"
-            nodes[i].mark("unsupported", "unsupported-op", remedies.translate(err[4], nodes[i].op) + extra, err[4])
+            nodes[i].mark("unsupported", "unsupported-op", rules.translate(err[4], nodes[i].op) + extra, err[4])
         pending = [i for i in pending if i not in failed]
         if first:
             infos = infer_value_infos(model)
         first = False
 
 
-def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileChoice, nodes: list[NodeStatus],
-           decomposable_attention: bool = False) -> BuildOutcome:
-    data = model.SerializeToString()
-    try:
-        ok, error, layers = build_check_isolated(trt, data, path, choice.profiles, decomposable_attention)
-    except ConversionError as exc:
-        return BuildOutcome(attempted=False, ok=None, error=str(exc))
+def _build(backend: Backend, source: bytes | Path, options: BuildOptions, choice: ProfileChoice,
+           nodes: list[NodeStatus]) -> BuildOutcome:
+    """The check's build: convert's ``EngineBuild`` in a child process; a failure is attributed to nodes."""
+    ok, error, layers = probe_build(backend, source, options)
     shown = dict(profile=choice.first, profile_source=choice.source)
     if ok:
         return BuildOutcome(attempted=True, ok=True, **shown)
     if choice.derived and any(lo != hi for lo, _, hi in choice.first.values()):
         point = {k: (v[1], v[1], v[1]) for k, v in choice.first.items()}
-        at_point, _, _ = build_check_isolated(trt, data, path, [point], decomposable_attention)
+        at_point, _, _ = probe_build(backend, source, dataclasses.replace(options, profiles=[point]))
         if at_point:  # the model builds; the derived range is what failed: say so, never "no known remedy"
-            reason = remedies.translate(error, "")
+            reason = rules.translate(error, "")
             return BuildOutcome(attempted=True, ok=False, kind="profile", **shown,
                                 error=f"the build fails over the derived range ({describe_profile(choice.first)}) but "
                                       f"succeeds at its opt point: {reason.splitlines()[0] if reason else 'see the log'}; "
                                       "give the shapes you deploy with --input-shapes or --min/--opt/--max-shapes")
     names = attribute_build_error(error, layers, {n.name: n.op for n in nodes})
-    reason = remedies.translate(error, "")
+    reason = rules.translate(error, "")
     for n in nodes:
         if n.name in names:
             n.mark("unsupported", "build-failure", "the engine build failed here: " + reason, error[:2000])
@@ -248,17 +227,23 @@ def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileCh
                         nodes=sorted(names), **shown)
 
 
-def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatus]) -> None:
-    """Foreign-domain collisions, plugin diagnosis, and a remedy for every node not supported."""
-    for n, proto in zip(nodes, model.graph.node):
-        attrs = _attrs(proto)
-        collision = remedies.foreign_collision(n.op, n.domain)
-        if collision:
-            n.mark("unsupported", "foreign-domain", collision, n.detail)
-        elif remedies.is_plugin_node(n.domain, attrs):  # every plugin node, even one the parser took
-            trt = backend.module if backend.is_library else None
-            kind, reason = remedies.plugin_problem(trt, n.op, attrs)
-            if kind != "ok":
-                n.mark("unsupported", kind, reason, n.detail)
-        if n.status != "supported":
-            n.remedy = remedies.remedy_for(n.op, n.kind)
+def attribute_build_error(error: str, layers: Sequence[dict[str, str]], node_ops: dict[str, str]) -> set[str]:
+    """ONNX node names a builder error is about: named layers/nodes, else the op kind it mentions."""
+    mapping = layer_to_node(layers, list(node_ops))
+    names = {node for layer, node in mapping.items() if layer and layer in error}
+    names |= {n for n in node_ops if n and re.search(rf"(?<![\w/]){re.escape(n)}(?![\w/])", error)}
+    if names:
+        return names
+    for op in sorted(set(node_ops.values())):
+        if re.search(rf"\b{re.escape(op)} (operation|layer|node)", error, flags=re.IGNORECASE):
+            names |= {n for n, o in node_ops.items() if o == op}
+    return names
+
+
+def _review(nodes: list[NodeStatus], facts: list[rules.NodeFacts]) -> None:
+    """The capability rules on what the parser, the build or the table said; a remedy for every node not supported."""
+    for n, fact in zip(nodes, facts):
+        verdict = rules.review(fact, rules.Verdict(n.status, n.kind, n.reason))
+        if (verdict.status, verdict.kind, verdict.reason) != (n.status, n.kind, n.reason):
+            n.mark(verdict.status, verdict.kind, verdict.reason, n.detail)
+        n.remedy = verdict.remedy

@@ -1,19 +1,19 @@
 """A built-in table of ONNX operator support in TensorRT 10.x/11.x, for use when no TensorRT is installed.
 
-Summarised in our own words from the onnx-tensorrt operator matrix and checked against the
-TensorRT-RTX 1.7 parser (``OnnxParser.supports_operator``) on every ONNX op. The ``static`` backend
-answers per node with the same statuses and kinds as the library backends; it cannot see build-time
-failures, data-type limits or plugin libraries, so its answers are "what the parser would say".
+Data only. Summarised in our own words from the onnx-tensorrt operator matrix and checked against
+the TensorRT-RTX 1.7 parser (``OnnxParser.supports_operator``) on every ONNX op. The rules in
+``converter.trt.rules`` read these tables (``classify``, the TABLE stage) and add what depends on more
+than the op's name (attributes, the target, plugins), so that the ``static`` backend answers per node
+with the same statuses and kinds as the library backends. It cannot see build-time failures,
+data-type limits or plugin libraries, so its answers are "what the parser would say".
 """
 from __future__ import annotations
 
-from typing import Any
-
 import onnx
 
-from surgery.plugins import PLUGIN_DOMAIN
-
 ONNX_DOMAINS = ("", "ai.onnx")
+# every operator of the default ONNX domain this onnx package knows, deprecated ones included
+ONNX_OPS = frozenset(s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain == "")
 
 # op -> key restriction (empty when none worth stating). Everything here has a TensorRT importer.
 SUPPORTED: dict[str, str] = {op: "" for op in (
@@ -81,57 +81,3 @@ UNSUPPORTED: dict[str, str] = {
         "AffineGrid Bernoulli CenterCropPad Col2Im CumProd DFT DeformConv Det MaxRoiPool MaxUnpool MelWeightMatrix "
         "Multinomial SwiGLU").split()},
 }
-
-# ops the RTX parser knows but whose TensorRT-RTX import needs something absent by default
-RTX_EXCEPTIONS: dict[str, tuple[str, str]] = {
-    "NonZero": ("unsupported-op", "TensorRT-RTX has no built-in NonZero: it needs a NonZero plugin, and none is registered"),
-}
-
-
-def onnx_op_exists(op: str) -> bool:
-    """True when ``op`` names an operator of the default ONNX domain."""
-    try:
-        onnx.defs.get_schema(op, domain="")
-        return True
-    except onnx.defs.SchemaError:
-        return False
-
-
-def classify(op: str, domain: str, attrs: dict[str, Any], target: str = "tensorrt-rtx") -> tuple[str, str, str]:
-    """Classify one node as the TensorRT ONNX parser would.
-
-    Args:
-        op: node op type.
-        domain: node domain.
-        attrs: node attributes (names, and the values of a few that restrict support).
-        target: "tensorrt" (10.x/11.x) or "tensorrt-rtx".
-
-    Returns:
-        (status, kind, reason): status is supported/unsupported/unknown; kind is ok, unsupported-op,
-        plugin-not-loaded or unknown-op; reason is a plain-words sentence (empty when supported).
-    """
-    if domain == PLUGIN_DOMAIN or "plugin_version" in attrs:
-        return ("unsupported", "plugin-not-loaded",
-                f"plugin '{op}' is not in the TensorRT plugin registry (the static table cannot see plugin libraries)")
-    if domain not in ONNX_DOMAINS and not (op in SUPPORTED or op in UNSUPPORTED):
-        return ("unsupported", "unsupported-op",
-                f"custom op '{op}' (domain '{domain}'): TensorRT has no importer and no plugin of that name is registered")
-    if target == "tensorrt-rtx" and op in RTX_EXCEPTIONS:
-        kind, reason = RTX_EXCEPTIONS[op]
-        return "unsupported", kind, reason
-    if target == "tensorrt-rtx" and op in ("ScatterElements", "ScatterND") and attrs.get("reduction", "none") != "none":
-        return ("unsupported", "unsupported-op",
-                f"TensorRT-RTX rejects {op} with reduction '{attrs['reduction']}' (only plain scatters import)")
-    if op in SUPPORTED:
-        return "supported", "ok", ""
-    if op in UNSUPPORTED:
-        return "unsupported", "unsupported-op", f"{op}: {UNSUPPORTED[op]}"
-    if onnx_op_exists(op):
-        return "unknown", "unknown-op", f"{op} is newer than this table; ask a TensorRT library backend"
-    return ("unsupported", "unsupported-op",
-            f"'{op}' is not an ONNX op: TensorRT has no importer and no plugin of that name is registered")
-
-
-def restriction(op: str) -> str:
-    """The key restriction TensorRT places on ``op`` (empty when none is recorded)."""
-    return SUPPORTED.get(op, "")

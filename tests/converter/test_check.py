@@ -146,3 +146,20 @@ def test_html_report_is_self_contained(tmp_path):
 def test_missing_model_is_a_user_error(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope.onnx"), "--backend", "static"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+class _AbortWhenUnpickled:
+    """Unpickling this calls os.abort: a stand-in for TensorRT dying inside the check's child process."""
+
+    def __reduce__(self):
+        import os
+
+        return os.abort, ()
+
+
+@pytest.mark.trt
+def test_a_crash_in_the_probe_build_becomes_a_finding():
+    from converter.trt.build import BuildOptions, probe_build
+
+    ok, error, layers = probe_build(select_backend("tensorrt-rtx"), b"", BuildOptions(plugins=[_AbortWhenUnpickled()]))
+    assert (ok, layers) == (False, []) and "crashed (signal 6)" in error

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.trt import remedies
+from converter.trt import remedies, rules
 from converter.cli.main import main
 from tests.converter import tiny
 
@@ -78,5 +78,5 @@ def test_unregistered_plugin_names_plugins_option(tmp_path):
 
 
 def test_bare_false_message_is_never_the_reason():
-    assert remedies.translate("false", "Frob") == "the parser rejected 'Frob' without saying why (its message: 'false')"
-    assert remedies.translate("false", "Unique").startswith("the output shape of 'Unique'")
+    assert rules.translate("false", "Frob") == "the parser rejected 'Frob' without saying why (its message: 'false')"
+    assert rules.translate("false", "Unique").startswith("the output shape of 'Unique'")

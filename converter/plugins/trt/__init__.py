@@ -3,7 +3,7 @@
 ``register_python_plugins(trt)`` registers one creator per onnx-surgery plugin op (SurgeryLayerNorm,
 SurgeryRMSNorm, SurgeryGroupNorm, SurgeryGelu, SurgeryAttention) in ``trt.get_plugin_registry()`` under
 the op's PluginSpec namespace and version, so the ONNX parser turns plugin-fused nodes into
-plugin layers and the builder builds them (on a CPU, with TensorRT-RTX). ``converter.trt.capability.
+plugin layers and the builder builds them (on a CPU, with TensorRT-RTX). ``converter.trt.build.
 load_plugins`` calls it, so ``surgery check``, ``convert`` and ``run`` see the plugins registered.
 
 Build-time code needs only numpy; running an engine calls ``enqueue``, which needs torch and triton

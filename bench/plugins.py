@@ -7,7 +7,7 @@ Usage (GPU device: python 3.12, numpy, torch, triton; nothing else from this rep
 
 Accuracy. Each kernel of ``converter/plugins/trt/kernels.py`` runs on seeded random inputs at several
 shapes (BERT-base-like: batch 8, seq 128, hidden 768, 12 heads; GroupNorm N=2, C=320, 64x64, 32 groups;
-plus odd shapes that exercise masking and tails). The reference is ``converter/plugins/refs.py`` evaluated in
+plus odd shapes that exercise masking and tails). The reference is the spec's numpy ``reference`` (``passes/plugins.py``) evaluated in
 float64 on the same (fp32 or fp16) inputs. ``rel_err`` = max|out - ref| / max|ref| over the output;
 ``elem_rel`` = max elementwise |out - ref| / |ref| where |ref| >= 1e-2·max|ref| (informative only).
 Limits: rel_err <= 1e-5 (fp32), <= 1e-3 (fp16); a failure sets exit status 1.

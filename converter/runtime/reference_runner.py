@@ -36,7 +36,7 @@ def run_with_references(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray])
     nodes = _toposort(graph)
     missing = sorted({n.op_type for n in nodes if n.domain == PLUGIN_DOMAIN and _reference(n.op_type) is None})
     if missing:
-        raise MissingReferenceError(f"no numpy reference for plugin op(s) {', '.join(missing)}; add one to converter/plugins/refs.py")
+        raise MissingReferenceError(f"no numpy reference for plugin op(s) {', '.join(missing)}; give its PluginSpec a reference in passes/plugins.py")
     values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     values.update({k: np.asarray(v) for k, v in feeds.items()})
     wanted = [o.name for o in graph.output]

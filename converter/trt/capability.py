@@ -24,6 +24,7 @@ from converter.trt import remedies
 from converter.trt.backends import Backend, make_logger
 from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
+from converter.trt.qdq import has_qdq, qdq_report
 from converter.trt.static_support import classify as static_classify
 from converter.plugins.trt import register_python_plugins
 from converter.trt.raw import attribute_build_error, build_check_isolated, create_network
@@ -82,6 +83,7 @@ class CapabilityReport:
     nodes: list[NodeStatus]
     partitions: list[Partition]
     build: BuildOutcome
+    qdq: dict[str, Any] | None = None  # a Q/DQ model: what the parse and build made of its Q/DQ pairs (trt/qdq.py)
 
     @property
     def supported(self) -> bool:
@@ -98,9 +100,12 @@ class CapabilityReport:
                 g["nodes"].append(n.name)
                 g["ops"] += [n.op] if n.op not in g["ops"] else []
                 g["remedies"] += [n.remedy] if n.remedy and n.remedy not in g["remedies"] else []
-        return {"supported": self.supported, "build": self.build.to_json(), "unsupported": list(groups.values()),
-                "model": self.model, "backend": self.backend,
-                "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
+        out = {"supported": self.supported, "build": self.build.to_json(), "unsupported": list(groups.values()),
+               "model": self.model, "backend": self.backend,
+               "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
+        if self.qdq is not None:
+            out["qdq"] = self.qdq
+        return out
 
 
 def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
@@ -130,6 +135,7 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     """
     loaded = load_model(path)
     model = loaded.model
+    qdq = None
     nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
     outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
     if backend.is_library:
@@ -142,6 +148,8 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
             args.spec = spec_path or getattr(args, "spec", None)
             choice = profiles_for(model, spec_for or path, args)
             outcome = _build(trt, model, str(loaded.path), choice, nodes, decomposable_attention)
+            if outcome.ok and has_qdq(model):
+                qdq = qdq_report(trt, model, str(loaded.path), choice.profiles)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
@@ -152,7 +160,7 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     parts = find_partitions(model, [n.status for n in nodes])
     if save_dir is not None:
         save_partitions(model, parts, Path(save_dir), loaded.base_dir)
-    return CapabilityReport(backend.describe(), str(path), nodes, parts, outcome)
+    return CapabilityReport(backend.describe(), str(path), nodes, parts, outcome, qdq)
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:

@@ -364,8 +364,6 @@ def run_html(run_report: dict[str, Any], capability: CapabilityReport | None) ->
     else:
         body.append('<section id="verdict" class="bad"><h1>Verdict: FAILED</h1><p>the check did not run</p></section>')
     body.append(optimize_section(run_report.get("optimize", {})))
-    if run_report.get("optimize", {}).get("precision"):
-        body.append(precision_section(run_report["optimize"]["precision"], run_report["optimize"].get("quantization")))
     body.append("<h2>Check of the optimized model</h2>" + (capability_details(capability) if capability else "<p>not run</p>"))
     body.append(engine_section(engine))
     body += [validation_section(name, val) for name, val in validation.items()]

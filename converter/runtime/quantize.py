@@ -26,7 +26,9 @@ onnxruntime.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import tempfile
 import time
@@ -42,8 +44,6 @@ from converter.runtime.numerics import (QUANT_THRESHOLDS, InputSpec, MetricThres
                                         is_classifier_output, ort_session, random_feeds)
 from surgery.errors import UserInputError
 from surgery.verify import verify_model
-
-log = logging.getLogger(__name__)
 
 MODES = ("int8", "fp8", "int8-weight-only")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -222,9 +222,10 @@ def _ort_quantize(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
         quiet = logging.getLogger().level
         logging.getLogger().setLevel(max(quiet, logging.ERROR))  # quantize_static logs a pre-processing hint
         try:
-            quantize_static(copy.deepcopy(model), out, _Reader(feeds), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANTIZABLE), nodes_to_quantize=list(nodes), per_channel=True,
-                            activation_type=qtype, weight_type=qtype, calibrate_method=method, extra_options=extra)
+            with contextlib.redirect_stdout(io.StringIO()):  # and its fp8 calibration prints its progress
+                quantize_static(copy.deepcopy(model), out, _Reader(feeds), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=list(QUANTIZABLE), nodes_to_quantize=list(nodes), per_channel=True,
+                                activation_type=qtype, weight_type=qtype, calibrate_method=method, extra_options=extra)
         finally:
             logging.getLogger().setLevel(quiet)
         quantized = onnx.load(str(out))

@@ -55,7 +55,7 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name,quantized", SAMPLES.items())
 def test_every_conv_matmul_reads_dq_inputs_and_nothing_else_does(int8, name, quantized):
-    model, report = int8[name]
+    model, _ = int8[name]
     producers, readers, inits = _producers(model), _readers(model), _inits(model)
     targets = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul")]
     assert len(targets) == quantized

@@ -204,7 +204,19 @@ def capability_details(report: CapabilityReport) -> str:
     """Everything after the verdict: partitions, build error in full, nodes."""
     bo = report.build
     error = f"<h2>Build error</h2><pre>{_e(bo.error)}</pre>" if bo.error and bo.attempted else ""
-    return partitions_section(report.partitions) + error + nodes_section(report)
+    return partitions_section(report.partitions) + error + qdq_section(report.qdq) + nodes_section(report)
+
+
+def qdq_section(qdq: dict[str, Any] | None) -> str:
+    """What the parse and build made of a Q/DQ model's pairs: the summary, then each quantized node's kernel."""
+    if not qdq:
+        return ""
+    rows = "".join(f"<tr><td>{_e(name)}</td><td>{_e(v.get('kernel') or 'not found in the kernel table')}</td>"
+                   f"<td>{_e(v.get('type', ''))}</td><td>{_e(', '.join(v.get('input_types', [])))}</td>"
+                   f"<td>{_e(', '.join(v.get('weight_types', [])))}</td></tr>" for name, v in qdq.get("nodes", {}).items())
+    return ("<h2>Q/DQ</h2>" + "".join(f"<p>{_e(line)}</p>" for line in qdq.get("summary", []))
+            + '<table class="qdq-nodes"><tr><th>quantized node</th><th>kernel</th><th>type</th><th>input types</th>'
+            f"<th>constant types</th></tr>{rows}</table>")
 
 
 def capability_section(report: CapabilityReport) -> str:
@@ -245,6 +257,45 @@ def optimize_section(opt: dict[str, Any]) -> str:
         out += (f'<details class="passes-unchanged"><summary>{len(idle)} pass(es) changed nothing</summary>'
                 f"<table>{head}{_pass_rows(idle)}</table></details>")
     return out
+
+
+def precision_section(precision: dict[str, Any], quantization: dict[str, Any] | None = None) -> str:
+    """Every node with the precision it runs in and the rule that put it there; counts first."""
+    summary = ", ".join(f"{v} {_e(k)}" for k, v in precision.get("summary", {}).items())
+    rules = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in precision.get("rules", {}).items())
+    parts = [f"<h2>Precision per node ({_e(precision.get('mode', ''))})</h2>",
+             f"<p>{_e(precision.get('nodes_total', 0))} nodes: {summary}</p>"]
+    if quantization:
+        val = quantization.get("validation") or {}
+        status = val.get("status", "?")
+        parts.append(f"<p>calibration: {_e(quantization.get('calibration', ''))}</p>")
+        rows = "".join(f"<tr><td>{_e(o['name'])}</td><td>{_fmt(o['cosine'], '.6f')}</td><td>{_fmt(o['rel_l2'], '.4g')}</td>"
+                       f"<td>{_fmt(o['top1'], '.3f') if o.get('top1') is not None else '&mdash;'}</td>"
+                       f"<td class=\"{'pass' if o['passed'] else 'fail'}\">{'pass' if o['passed'] else 'FAIL'}</td></tr>"
+                       for o in val.get("outputs", []))
+        parts.append(f'<p>validation against the original: <span class="{_validation_class(status)}">{_e(status)}</span> '
+                     f"on {_e(val.get('feeds', ''))}; thresholds: {_e(val.get('thresholds', ''))}</p>"
+                     f'<table class="quant-validation"><tr><th>output</th><th>cosine</th><th>rel L2</th><th>top-1</th>'
+                     f"<th></th></tr>{rows}</table>")
+    parts.append(f'<table class="precision-rules"><tr><th>rule</th><th>nodes</th></tr>{rules}</table>')
+    body = "".join(f"<tr><td>{_e(n['node'])}</td><td>{_e(n['op'])}</td><td>{_e(n['precision'])}</td><td>{_e(n['rule'])}</td>"
+                   f"<td>{_e(n['reason'])}</td></tr>" for n in precision.get("nodes", []))
+    parts.append('<table class="precision-nodes"><tr><th>node</th><th>op</th><th>precision</th><th>rule</th>'
+                 f"<th>reason</th></tr>{body}</table>")
+    return "".join(parts)
+
+
+def optimize_html(report: dict[str, Any]) -> str:
+    """The ``surgery optimize --html`` page: the passes, then the per-node precision when --precision was given."""
+    status = (report.get("quantization") or {}).get("validation", {}).get("status")
+    good = status != "failed"
+    verdict = (f'<section id="verdict" class="{"good" if good else "bad"}"><h1>Optimize: {"done" if good else "FAILED"}</h1>'
+               f"<p><code>{_e(report.get('input', ''))}</code> &rarr; <code>{_e(report.get('output', ''))}</code></p>"
+               + (f"<p>quantized model validation: <b>{_e(status)}</b></p>" if status else "") + "</section>")
+    body = [verdict, optimize_section(report)]
+    if report.get("precision"):
+        body.append(precision_section(report["precision"], report.get("quantization")))
+    return page(f"onnx-surgery optimize: {report.get('input', '')}", "".join(body))
 
 
 def load_layers(engine: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:

@@ -10,7 +10,7 @@ Matches (per node, not a pattern):
     becomes
     x(fp32) -> Cast(fp16) -> MatMul(W fp16) -> Add -> Cast(fp32) -> LayerNormalization -> ...
 
-Keeps in fp32 (reasons in stats as ``kept-fp32:<reason>``):
+Keeps in fp32 (reasons in stats as ``kept-fp32:<reason>``, and one site per node kept, outcome ``kept-fp32``):
     island-op: LayerNormalization, GroupNormalization, InstanceNormalization, RMSNormalization, Softmax,
         LogSoftmax, Reduce{Mean,Sum,SumSquare,L2,LogSumExp}, Pow, Sqrt, Exp, Log;
     island-chain: Add/Sub/Mul/Div between island nodes (the eps add and the centering of a decomposed
@@ -100,17 +100,20 @@ class ConvertPrecisionPass(Pass):
             if not floats:
                 continue
             if id(n) in island:
-                result.stats["kept-fp32:" + ("island-op" if n.op in ISLAND_OPS else "island-chain")] += 1
+                reason = "island-op" if n.op in ISLAND_OPS else "island-chain"
             elif n.op not in POLYMORPHIC:
-                result.stats["kept-fp32:not-polymorphic"] += 1
+                reason = "not-polymorphic"
             elif not _schema_allows(n, int(graph.opset), precision):
-                result.stats["kept-fp32:type-not-allowed-at-opset"] += 1
+                reason = "type-not-allowed-at-opset"
             elif precision == "fp16" and any(_too_large(t) for t in n.inputs):
-                result.stats["kept-fp32:large-constant"] += 1
+                reason = "large-constant"
             elif not all(is_f32(o) for o in n.outputs if o.name):
-                result.stats["kept-fp32:mixed-output-types"] += 1
+                reason = "mixed-output-types"
             else:
                 low.append(n)
+                continue
+            result.stats["kept-fp32:" + reason] += 1
+            result.sites.append({"site": n.name, "outcome": "kept-fp32", "reason": reason})
         return low
 
 

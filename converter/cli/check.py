@@ -72,6 +72,9 @@ def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
     for p in report.partitions:
         lines.append(f"  #{p.id} {p.status:<11} {len(p.nodes):>4} node(s)  in: {', '.join(p.inputs[:4])}"
                      f"{' ...' if len(p.inputs) > 4 else ''}  out: {', '.join(p.outputs[:4])}{' ...' if len(p.outputs) > 4 else ''}")
+    if report.qdq is not None:
+        lines.append("")
+        lines += [f"Q/DQ    {line}" for line in report.qdq["summary"]]
     bo = report.build
     recap = f"build {build_text(bo.to_json())}" + (f"; profile {describe_profile(bo.profile)}" if bo.profile else "")
     lines.append(f"result  {'SUPPORTED' if report.supported else 'NOT SUPPORTED'}  ({recap})")

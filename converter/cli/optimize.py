@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from converter.cli.args import parse_size
 from converter.cli.progress import StepProgress
-from converter.optimize import OptimizeOptions, optimize_file
+from converter.optimize import PRECISIONS, OptimizeOptions, optimize_file
+from converter.runtime.quantize import CALIBRATION_METHODS, MODES as QUANT_MODES, QuantizeOptions
 from surgery.errors import UserInputError
 from surgery.shapes import parse_shapes
 
@@ -21,10 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip a pass (repeatable)")
     parser.add_argument("--input-shapes", nargs="+", metavar="SHAPE",
                         help="fix dynamic input dims: x:[1,3,224,224] or x:1x3x224x224")
-    parser.add_argument("--precision", choices=("fp16", "bf16"),
-                        help="finally convert to fp16/bf16, keeping sensitive islands in fp32 (convert-precision)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="fp16/bf16: finally convert, keeping sensitive islands in fp32 (convert-precision); "
+                             "int8/fp8/int8-weight-only: then quantize with Q/DQ pairs (README 'Precision')")
     parser.add_argument("--no-keep-io-types", dest="keep_io_types", action="store_false",
-                        help="with --precision: let graph inputs/outputs change type too")
+                        help="with --precision fp16/bf16: let graph inputs/outputs change type too")
+    quant = parser.add_argument_group("quantization (--precision int8, fp8, int8-weight-only)")
+    quant.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
+                       help="input feeds to calibrate on: one array per input, samples stacked on a new first axis "
+                            "(default: random feeds from the input spec, meaningless scales for a real model)")
+    quant.add_argument("--calibration-samples", type=int, default=8, metavar="N",
+                       help="random feeds drawn when there is no --calibration-data (default 8)")
+    quant.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+                       help="int8 calibration of activation ranges (default minmax; fp8 always uses distribution)")
+    quant.add_argument("--quantize-exclude", action="append", default=[], metavar="NODE",
+                       help="keep this Conv/MatMul/Gemm in float (repeatable)")
+    quant.add_argument("--max-node-error", type=float, default=0.1, metavar="E",
+                       help="a node whose output moves by more than this relative L2 with its inputs quantized "
+                            "stays float (default 0.1)")
     parser.add_argument("--emit", choices=("onnx", "plugin", "ort"), default="onnx", help="what fusions emit")
     parser.add_argument("--explain", action="append", default=[], metavar="PASS",
                         help="list each candidate site of PASS and why it was or was not rewritten")
@@ -36,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store weights in OUT.data (automatic above 2 GB)")
     parser.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument("--html", type=Path, help="write a self-contained HTML report here (passes, per-node precision)")
     parser.add_argument("--fold-size-threshold", metavar="SIZE", type=parse_size,
                         help="largest tensor fold-constants may create, e.g. 4M or 1G (default 4M)")
     parser.add_argument("--remove-node", action="append", default=[], metavar="NAME",
@@ -55,8 +72,17 @@ def run(args: argparse.Namespace) -> int:
         input_shapes=parse_shapes(args.input_shapes) if args.input_shapes else None, emit=args.emit,
         explain=frozenset(args.explain), validate_each=args.validate_each, spec=args.spec, dump_dir=args.dump_dir,
         external_data=args.external_data, in_place=args.in_place, precision=args.precision,
-        keep_io_types=args.keep_io_types, report=args.report,
+        keep_io_types=args.keep_io_types, report=args.report, html=args.html,
     )
+    if args.precision in QUANT_MODES:
+        if args.calibration_samples < 1:
+            raise UserInputError("--calibration-samples must be at least 1")
+        opts.quantize = QuantizeOptions(
+            mode=args.precision, calibration_data=args.calibration_data, calibration_samples=args.calibration_samples,
+            calibration_method=args.calibration_method, exclude=tuple(args.quantize_exclude),
+            max_node_error=args.max_node_error)
+    elif args.calibration_data or args.quantize_exclude:
+        raise UserInputError("--calibration-data/--quantize-exclude need --precision int8, fp8 or int8-weight-only")
     if args.fold_size_threshold is not None:
         opts.extra["fold_size_threshold"] = args.fold_size_threshold
     if args.remove_node or args.remove_op:
@@ -75,6 +101,15 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(report)
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if args.html:
+        from converter.report_html import optimize_html
+
+        args.html.write_text(optimize_html(report))
+    validation = report.get("quantization", {}).get("validation", {})
+    if validation.get("status") == "failed":
+        print(f"quantized model FAILED validation against the original ({validation['thresholds']}); "
+              "it was written for inspection", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -94,3 +129,15 @@ def _print_summary(report: dict) -> None:
         for site in r.get("sites", []):
             reason = f": {site['reason']}" if site["reason"] else ""
             print(f"  {'':<{width}}   {site['site']}: {site['outcome']}{reason}")
+    if report.get("precision"):
+        from converter.precision_report import render_summary
+
+        for line in render_summary(report["precision"]):
+            print(line)
+    validation = report.get("quantization", {}).get("validation")
+    if validation:
+        print(f"quantization validation: {validation['status']} on {validation['feeds']}")
+        for o in validation["outputs"]:
+            top1 = f" top-1={o['top1']:.3f}" if o["top1"] is not None else ""
+            print(f"  {o['name']}: cosine={o['cosine']:.6f} rel L2={o['rel_l2']:.4g}{top1} "
+                  f"{'pass' if o['passed'] else 'FAIL'}")

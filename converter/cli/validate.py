@@ -3,7 +3,8 @@
 Exit 0 all outputs within tolerance, 1 a mismatch, 2 user error, 3 skipped (the engine cannot run
 here; the reason is printed — this is never reported as a pass).
 Without --atol/--rtol the tolerance follows the candidate's precision (fp32, fp16, bf16); a candidate
-onnxruntime cannot run at its precision (bf16) is compared through its float32 upcast.
+onnxruntime cannot run at its precision (bf16) is compared through its float32 upcast. A Q/DQ candidate
+(int8, fp8, int8 weight-only) is judged by cosine, relative L2 and top-1 agreement of each output.
 """
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ def render(report: ValidationReport) -> str:
     for o in report.outputs:
         d = o.diff
         lines.append(f"{'PASS' if d.passed else 'FAIL'}  {d.name}  max|d|={d.max_abs:.3g}  mean|d|={d.mean_abs:.3g}  "
-                     f"max rel={d.max_rel:.3g}  cosine={d.cosine:.6f}")
+                     f"max rel={d.max_rel:.3g}  cosine={d.cosine:.6f}  rel L2={d.rel_l2:.3g}"
+                     + (f"  top-1={d.top1:.3f}" if d.top1 is not None else ""))
         if o.histogram:
             lines.append(render_histogram(o.histogram))
     if report.intermediates_compared:

@@ -103,14 +103,53 @@ class OutputDiff:
     max_rel: float
     cosine: float
     passed: bool
+    rel_l2: float = float("nan")  # ||cand - ref|| / ||ref||
+    top1: float | None = None  # share of rows whose argmax (last axis) agrees; classifier-shaped outputs only
 
     def describe(self) -> str:
-        return f"{self.name}: max|d|={self.max_abs:.3g} max rel={self.max_rel:.3g} cos={self.cosine:.6f}"
+        top1 = f" top-1={self.top1:.3f}" if self.top1 is not None else ""
+        return (f"{self.name}: max|d|={self.max_abs:.3g} max rel={self.max_rel:.3g} cos={self.cosine:.6f} "
+                f"rel L2={self.rel_l2:.3g}{top1}")
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, name: str, *, rtol: float, atol: float) -> OutputDiff:
+@dataclass(frozen=True)
+class MetricThresholds:
+    """Pass/fail of a quantized candidate by whole-output metrics instead of element-wise bounds.
+
+    Element-wise bounds do not fit int8/fp8: one rounding step of a coarse scale is far beyond any
+    float tolerance, while the output as a whole stays close. An output passes when its cosine
+    similarity and relative L2 error meet the bounds, and (classifier-shaped outputs) its top-1 agreement.
+    """
+
+    min_cosine: float
+    max_rel_l2: float
+    min_top1: float
+    why: str = ""
+
+    def judge(self, cosine: float, rel_l2: float, top1: float | None) -> bool:
+        return cosine >= self.min_cosine and rel_l2 <= self.max_rel_l2 and (top1 is None or top1 >= self.min_top1)
+
+    def describe(self) -> str:
+        return (f"cosine >= {self.min_cosine:g}, rel L2 <= {self.max_rel_l2:g}, top-1 agreement >= {self.min_top1:g} "
+                "(classifier outputs)" + (f" ({self.why})" if self.why else ""))
+
+
+def is_classifier_output(shape: tuple[int, ...]) -> bool:
+    """[batch, classes] with at least two classes: the outputs whose top-1 agreement is judged."""
+    return len(shape) == 2 and shape[-1] >= 2
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of rows (all axes but the last) whose argmax over the last axis is the same."""
+    return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, name: str, *, rtol: float, atol: float,
+            metrics: MetricThresholds | None = None, top1: bool = False) -> OutputDiff:
+    """Element-wise ``|d| <= atol + rtol*|ref|``, or with ``metrics`` the whole-output bounds; ``top1`` adds
+    the top-1 agreement (rows of the last axis)."""
     if reference.shape != candidate.shape:
-        return OutputDiff(name, float("inf"), float("inf"), float("inf"), 0.0, False)
+        return OutputDiff(name, float("inf"), float("inf"), float("inf"), 0.0, False, float("inf"))
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     diff = np.abs(ref - cand)
@@ -121,8 +160,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, name: str, *, rtol: fl
     a, b = ref[finite].ravel(), cand[finite].ravel()
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     cosine = float(a @ b / denom) if denom > 0 else float(np.allclose(a, b))
-    passed = bool(same_nonfinite and np.all(d <= atol + rtol * np.abs(ref[finite]))) if finite.any() else same_nonfinite
-    return OutputDiff(name, float(d.max()), float(d.mean()), float(rel.max()), cosine, passed)
+    norm = float(np.linalg.norm(a))
+    gap = float(np.linalg.norm(a - b))
+    rel_l2 = gap / norm if norm > 0 else (0.0 if gap == 0 else float("inf"))
+    agree = top1_agreement(ref, cand) if top1 and ref.ndim >= 1 and ref.size else None
+    if metrics is not None:
+        passed = bool(same_nonfinite and metrics.judge(cosine, rel_l2, agree))
+    else:
+        passed = bool(same_nonfinite and np.all(d <= atol + rtol * np.abs(ref[finite]))) if finite.any() else same_nonfinite
+    return OutputDiff(name, float(d.max()), float(d.mean()), float(rel.max()), cosine, passed, rel_l2, agree)
 
 
 # --- low-precision candidates: precision detection, fp32 upcast, tolerances ---------------------------------
@@ -277,12 +323,14 @@ def cast_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[
 
 @dataclass(frozen=True)
 class Tolerance:
-    """``|d| <= atol + rtol*|ref|`` where atol is ``max(atol, scale * max|ref|)`` for each output."""
+    """``|d| <= atol + rtol*|ref|`` where atol is ``max(atol, scale * max|ref|)`` for each output; with
+    ``metrics`` (quantized candidates) the whole-output bounds decide instead."""
 
     rtol: float
     atol: float
     scale: float = 0.0
     why: str = ""
+    metrics: MetricThresholds | None = None
 
     def atol_for(self, reference: np.ndarray) -> float:
         ref = np.asarray(reference, dtype=np.float64)
@@ -290,16 +338,54 @@ class Tolerance:
         return max(self.atol, self.scale * float(finite.max())) if self.scale and finite.size else self.atol
 
     def describe(self) -> str:
+        if self.metrics is not None:
+            return self.metrics.describe()
         floor = f"max({self.atol:g}, {self.scale:g}*max|ref|)" if self.scale else f"{self.atol:g}"
         return f"atol={floor} rtol={self.rtol:g}" + (f" ({self.why})" if self.why else "")
 
 
+# Quantized candidates (Q/DQ): per-tensor int8 of a calibrated range is ~1/254 of that range per step, fp8 E4M3
+# ~6% relative per element; errors add up over the layers. These bounds admit that and still catch a broken
+# scale (a clipped range or a wrong axis gives cosine < 0.9 on the tests' models).
+QUANT_THRESHOLDS = {
+    "int8": MetricThresholds(0.99, 0.10, 0.90, "int8 Q/DQ candidate: judged on whole outputs, not element-wise"),
+    "fp8": MetricThresholds(0.99, 0.10, 0.90, "fp8 E4M3 Q/DQ candidate: judged on whole outputs, not element-wise"),
+    "int8-weight-only": MetricThresholds(0.999, 0.05, 0.95, "int8 weight-only candidate: only the weights are rounded"),
+}
+
 PRECISION_TOLERANCES = {
     "fp16": Tolerance(1e-3, 1e-4, 1e-3, "fp16 candidate: 11 significant bits; the floor scales with each output"),
     "bf16": Tolerance(1e-2, 1e-3, 1e-2, "bf16 candidate: 8 significant bits; the floor scales with each output"),
+    **{mode: Tolerance(0.0, 0.0, why=m.why, metrics=m) for mode, m in QUANT_THRESHOLDS.items()},
 }
 
 
 def precision_tolerance(precision: str | None, default: Tolerance) -> Tolerance:
-    """The tolerance for a candidate of ``precision`` ('fp16'/'bf16'), else ``default``."""
+    """The tolerance for a candidate of ``precision`` ('fp16'/'bf16'/'int8'/'fp8'/'int8-weight-only'), else ``default``."""
     return PRECISION_TOLERANCES.get(precision or "", default)
+
+
+_FP8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+        onnx.TensorProto.FLOAT8E5M2FNUZ}
+
+
+def quantized_precision(model: onnx.ModelProto) -> str | None:
+    """'fp8', 'int8' or 'int8-weight-only' for a Q/DQ model (by its DequantizeLinear inputs), else None.
+
+    A DequantizeLinear reading an fp8 tensor makes it 'fp8'; int8 DequantizeLinear nodes with no
+    QuantizeLinear anywhere (only constant weights are dequantized) make it 'int8-weight-only'.
+    """
+    graph = model.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    types.update({vi.name: vi.type.tensor_type.elem_type for vi in list(graph.value_info) + list(graph.input)})
+    for n in graph.node:  # a QuantizeLinear's output type is its zero point's type
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in types:
+            types[n.output[0]] = types[n.input[2]]
+        elif n.op_type == "QuantizeLinear":
+            types[n.output[0]] = next((a.i for a in n.attribute if a.name == "output_dtype" and a.i), onnx.TensorProto.UINT8)
+    dq = [types.get(n.input[0]) for n in graph.node if n.op_type == "DequantizeLinear"]
+    if not dq:
+        return None
+    if any(t in _FP8 for t in dq):
+        return "fp8"
+    return "int8" if any(n.op_type == "QuantizeLinear" for n in graph.node) else "int8-weight-only"

@@ -9,8 +9,9 @@ diverges.
 An ONNX candidate onnxruntime cannot run at its precision (bf16: no CPU kernels) is compared through
 its float32 upcast (``converter.runtime.numerics.upcast_to_float32``: weights keep their rounding, every bf16
 tensor is rounded through a Cast pair). Without --atol/--rtol the tolerance follows the candidate's
-precision (``converter.runtime.numerics.PRECISION_TOLERANCES``); the report says which tolerance, why, and
-whether the candidate was upcast.
+precision (``converter.runtime.numerics.PRECISION_TOLERANCES``); a Q/DQ candidate (int8, fp8, int8 weight-only)
+is judged by whole-output metrics (cosine, relative L2, top-1 agreement of [batch, classes] outputs:
+``QUANT_THRESHOLDS``). The report says which tolerance, why, and whether the candidate was upcast.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ import onnx
 
 from converter.trt.backends import Backend, make_logger, polygraphy_trt
 from surgery.errors import UserInputError
-from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
-                              precision_tolerance, random_feeds, run_ort)
+from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, is_classifier_output,
+                                       low_precision, ort_runnable, precision_tolerance, quantized_precision,
+                                       random_feeds, run_ort)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class OutputResult:
     def to_json(self) -> dict[str, Any]:
         d = self.diff
         return {"name": d.name, "max_abs": d.max_abs, "mean_abs": d.mean_abs, "max_rel": d.max_rel, "cosine": d.cosine,
-                "passed": d.passed, "atol": self.atol, "shape": self.shape,
+                "rel_l2": d.rel_l2, "top1": d.top1, "passed": d.passed, "atol": self.atol, "shape": self.shape,
                 "histogram": [[b, c] for b, c in self.histogram]}
 
 
@@ -121,15 +123,22 @@ def compare_outputs(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray
             continue
         r, c = np.asarray(ref[name]), np.asarray(cand[name])
         atol = tol.atol_for(r)
-        results.append(OutputResult(compare(r, c, name, rtol=tol.rtol, atol=atol), histogram(r, c), list(r.shape), atol))
+        diff = compare(r, c, name, rtol=tol.rtol, atol=atol, metrics=tol.metrics, top1=is_classifier_output(r.shape))
+        results.append(OutputResult(diff, histogram(r, c), list(r.shape), atol))
     return results
 
 
 def choose_tolerance(candidate: onnx.ModelProto | None, atol: float | None, rtol: float | None) -> Tolerance:
-    """The candidate precision's tolerance; --atol/--rtol, where given, replace its parts."""
-    base = precision_tolerance(low_precision(candidate) if candidate is not None else None, DEFAULT_TOLERANCE)
+    """The candidate precision's tolerance; --atol/--rtol, where given, replace its parts (for a quantized
+    candidate they replace its whole-output thresholds by element-wise bounds)."""
+    precision = (quantized_precision(candidate) or low_precision(candidate)) if candidate is not None else None
+    base = precision_tolerance(precision, DEFAULT_TOLERANCE)
     if atol is None and rtol is None:
         return base
+    if base.metrics is not None:
+        given = " and ".join(f"--{k}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None)
+        return Tolerance(rtol or 0.0, atol or 0.0, why=f"{given} given: element-wise bounds replace the {precision} "
+                                                      "whole-output thresholds")
     given = " and ".join(f"--{k}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None)
     return Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol,
                      base.scale if atol is None else 0.0, f"{given} given; {base.why}" if base.scale else f"{given} given")

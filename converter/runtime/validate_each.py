@@ -3,7 +3,8 @@
 The first pass whose outputs drift beyond tolerance is named, and the models before and after it
 are written to the dump folder. A model onnxruntime cannot run at its precision (bf16: no CPU kernels)
 is compared through its float32 upcast, and an fp16/bf16 model gets a tolerance suited to its
-precision; ``notes`` says so for the pass concerned (index of the pass run -> note).
+precision; ``notes`` says so for the pass concerned (index of the pass run -> note). A step after the
+pipeline (quantization) is checked with ``check_step`` at its own tolerance (whole-output metrics for Q/DQ).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import onnx_graphsurgeon as gs
 
 from surgery.errors import NumericMismatchError
 from surgery.io import save_model, to_model
-from converter.runtime.numerics import (InputSpec, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
-                              precision_tolerance, random_feeds, run_ort)
+from converter.runtime.numerics import (InputSpec, Tolerance, cast_feeds, compare, is_classifier_output, low_precision,
+                                       ort_runnable, precision_tolerance, random_feeds, run_ort)
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.pass_manager import PassHook
 
@@ -46,22 +47,31 @@ class NumericGuard(PassHook):
             self.rtol, self.atol = max(self.rtol, step.tolerance[0]), max(self.atol, step.tolerance[1])
         model = to_model(graph, like=self.like)
         precision = low_precision(model)
+        note, upcast = self._check(f"pass '{step.name}'", step.name, model, self._tolerance(precision))
+        if precision or upcast:
+            self.notes[self.runs - 1] = note
+
+    def check_step(self, name: str, model: onnx.ModelProto, tolerance: Tolerance) -> str:
+        """Validate a step that runs after the pipeline (quantization) at its own ``tolerance``; returns the note."""
+        return self._check(f"step '{name}'", name, model, tolerance)[0]
+
+    def _check(self, what: str, name: str, model: onnx.ModelProto, tol: Tolerance) -> tuple[str, str]:
+        """Raise ``NumericMismatchError`` (saving the models around ``name``) beyond ``tol``; else (note, upcast)."""
         runnable, upcast = ort_runnable(model)
         got = run_ort(runnable, cast_feeds(runnable, self.feeds), outputs=list(self.reference))
         self.checked += 1
-        tol = self._tolerance(precision)
-        bad = [d for name, ref in self.reference.items()
-               if not (d := compare(ref, got[name], name, rtol=tol.rtol, atol=tol.atol_for(ref))).passed]
+        bad = [d for out, ref in self.reference.items()
+               if not (d := compare(ref, got[out], out, rtol=tol.rtol, atol=tol.atol_for(ref), metrics=tol.metrics,
+                                    top1=is_classifier_output(ref.shape))).passed]
         said = f"tolerance {tol.describe()}" + (f"; the model was {upcast}" if upcast else "")
         if bad:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
-            before = save_model(self.last_good, self.dump_dir / f"before-{step.name}.onnx", source_dir=self.source_dir)
-            after = save_model(model, self.dump_dir / f"after-{step.name}.onnx", source_dir=self.source_dir)
+            before = save_model(self.last_good, self.dump_dir / f"before-{name}.onnx", source_dir=self.source_dir)
+            after = save_model(model, self.dump_dir / f"after-{name}.onnx", source_dir=self.source_dir)
             raise NumericMismatchError(
-                f"pass '{step.name}' changed the outputs ({bad[0].describe()}; {said}); saved {before} and {after}")
-        if precision or upcast:
-            self.notes[self.runs - 1] = f"validated against the original on onnxruntime: {said}"
+                f"{what} changed the outputs ({bad[0].describe()}; {said}); saved {before} and {after}")
         self.last_good = model
+        return f"validated against the original on onnxruntime: {said}", upcast
 
     def _tolerance(self, precision: str | None) -> Tolerance:
         """The precision's tolerance, never tighter than the one the passes so far allow."""

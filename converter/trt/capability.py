@@ -27,6 +27,7 @@ from converter.trt import rules
 from converter.trt.backends import Backend, make_logger
 from converter.trt.build import BuildOptions, empty_network, layer_to_node, load_plugins, probe_build
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
+from converter.trt.qdq import has_qdq, qdq_report
 from surgery.io import load_model
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class CapabilityReport:
     nodes: list[NodeStatus]
     partitions: list[Partition]
     build: BuildOutcome
+    qdq: dict[str, Any] | None = None  # a Q/DQ model: what the parse and build made of its Q/DQ pairs (trt/qdq.py)
 
     @property
     def supported(self) -> bool:
@@ -97,9 +99,12 @@ class CapabilityReport:
                 g["nodes"].append(n.name)
                 g["ops"] += [n.op] if n.op not in g["ops"] else []
                 g["remedies"] += [n.remedy] if n.remedy and n.remedy not in g["remedies"] else []
-        return {"supported": self.supported, "build": self.build.to_json(), "unsupported": list(groups.values()),
-                "model": self.model, "backend": self.backend,
-                "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
+        out = {"supported": self.supported, "build": self.build.to_json(), "unsupported": list(groups.values()),
+               "model": self.model, "backend": self.backend,
+               "nodes": [n.to_json() for n in self.nodes], "partitions": [p.to_json() for p in self.partitions]}
+        if self.qdq is not None:
+            out["qdq"] = self.qdq
+        return out
 
 
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
@@ -114,6 +119,7 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     """
     loaded = load_model(path)
     model = loaded.model
+    qdq = None
     nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
     target = ("tensorrt-rtx" if backend.is_rtx else "tensorrt") if backend.is_library else (static_target or "tensorrt-rtx")
     facts = rules.node_facts(model, target, backend.module)
@@ -130,6 +136,8 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
             options = BuildOptions(profiles=choice.profiles, plugins=[str(p) for p in plugins],
                                    decomposable_attention=decomposable_attention)
             outcome = _build(backend, source, options, choice, nodes)
+            if outcome.ok and has_qdq(model):
+                qdq = qdq_report(backend, model, source, options)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
@@ -140,7 +148,7 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     parts = find_partitions(model, [n.status for n in nodes])
     if save_dir is not None:
         save_partitions(model, parts, Path(save_dir), loaded.base_dir)
-    return CapabilityReport(backend.describe(), str(path), nodes, parts, outcome)
+    return CapabilityReport(backend.describe(), str(path), nodes, parts, outcome, qdq)
 
 
 def _parse_once(backend: Backend, logger: Any, data: bytes, path: str) -> tuple[bool, list[Any]]:

@@ -48,7 +48,10 @@ def test_islands_and_large_constants_stay_fp32(rng):
     for name in ("mean1", "sub", "pow", "mean2", "add_eps", "sqrt", "div", "softmax"):
         assert name in kept
     assert result.stats["kept-fp32:large-constant"] == 1  # add_mask (-1e9)
-    assert {s["site"] for s in result.sites} == {"mm", "scale"}
+    assert {s["site"] for s in result.sites if s["outcome"] == "to-fp16"} == {"mm", "scale"}
+    kept = {s["site"]: s["reason"] for s in result.sites if s["outcome"] == "kept-fp32"}
+    assert kept["softmax"] == kept["mean1"] == "island-op" and kept["add_mask"] == "large-constant"
+    assert kept["sub"] == "island-chain"
     _close(model, out, {"x": rng.standard_normal((2, 4, 8)).astype(np.float32)})
 
 

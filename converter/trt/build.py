@@ -5,8 +5,9 @@
 workspace pool, the optimization level, the timing cache and compatibility flags, and
 ``EngineBytesFromNetwork`` builds. With TensorRT-RTX this is a real ahead-of-time engine built on the
 CPU. ``build_engine`` (``surgery convert``) writes ENGINE, ENGINE.build.log and ENGINE.layers.json;
-``probe_build`` (``surgery check``) runs the same ``EngineBuild`` in a child process, so that a
-TensorRT crash becomes a finding, and reports only success, the error text and the layer table.
+``probe_in_process`` (``surgery check``, run in the check's child process; ``probe_build`` starts a
+child of its own) runs the same ``EngineBuild``, so that a TensorRT crash becomes a finding, and
+reports only success, the error text and the layer table.
 Check and convert therefore cannot disagree about a model.
 
 What differs between TensorRT versions is detected by attribute (``hasattr``), never by version string.
@@ -18,9 +19,7 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 from converter.plugins.trt import register_python_plugins
 from converter.trt import rules
 from converter.trt.backends import Backend, make_logger, polygraphy_trt, require_library, select_backend
+from converter.trt.isolate import ChildCrash, call_in_child
 from converter.trt.profiles import Profile, ProfileChoice, profiles_for
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import LoadedModel
@@ -192,33 +192,29 @@ def probe_build(backend: Backend, model: bytes | str | Path, options: BuildOptio
     q, k and v are one tensor).
     """
     require_library(backend, "a check build")
-    payload = pickle.dumps((backend.name, model, options))
-    cmd = [sys.executable, "-c", "from converter.trt.build import _probe_main; _probe_main()"]
     try:
-        proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return False, f"the TensorRT build did not finish within {timeout_s:.0f} s", []
-    if proc.returncode != 0 or not proc.stdout:
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] if proc.stderr else []
-        return False, f"the TensorRT builder crashed ({how}) while building this model" + (f": {tail[0]}" if tail else ""), []
-    return pickle.loads(proc.stdout)
+        return call_in_child(probe_in_process, backend.name, model, options, timeout_s=timeout_s)
+    except ChildCrash as crash:
+        return False, build_crash_message(crash), []
 
 
-def _probe_main() -> None:
-    """Child-process entry of ``probe_build``: (backend name, model, options) on stdin, the result on stdout."""
-    name, model, options = pickle.load(sys.stdin.buffer)
-    result_fd = os.dup(1)
-    os.dup2(2, 1)  # whatever polygraphy or TensorRT print goes to stderr; stdout carries only the result
+def build_crash_message(crash: ChildCrash) -> str:
+    """The error text of a build whose process died."""
+    if crash.signal is None and crash.how.startswith("did not finish"):
+        return f"the TensorRT build {crash.how}"
+    return f"the TensorRT builder crashed ({crash.how}) while building this model" + (
+        f": {crash.stderr_tail}" if crash.stderr_tail else "")
+
+
+def probe_in_process(name: str, model: bytes | str | Path, options: BuildOptions) -> tuple[bool, str, list[dict[str, str]]]:
+    """``probe_build``'s work, in this process: (ok, error text, layer table); meant to run in a child."""
     build = None
     try:
         build = EngineBuild(select_backend(name), model, options)
         build()
-        result = (True, "", build.layers)
+        return True, "", build.layers
     except Exception as exc:  # report it; the parent turns it into a build failure
-        result = (False, _probe_error(exc, build.logger.capture.errors() if build else []), build.layers if build else [])
-    with os.fdopen(result_fd, "wb") as out:
-        out.write(pickle.dumps(result))
+        return False, _probe_error(exc, build.logger.capture.errors() if build else []), build.layers if build else []
 
 
 def _probe_error(exc: Exception, errors: list[str]) -> str:

@@ -14,9 +14,10 @@ import importlib.util
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from surgery.errors import UserInputError
 
@@ -213,8 +214,8 @@ class TimingCacheStep:
         files = ", ".join(str(p) for p in self.loads) or "none loaded"
         if self.ignored:
             said = re.search(r"[^.]*no-ops?[^.]*", self.ignored)
-            return [f"timing cache: ignored by this library (\"{said.group(0).strip() if said else self.ignored}\"); "
-                    f"{files} not used, nothing saved"]
+            words = said.group(0).strip() if said else self.ignored
+            return [f'timing cache: ignored by this library ("{words}"); {files} not used, nothing saved']
         cache = self.config.get_timing_cache()
         misses = len(_keys(cache) - self.loaded)
         notes = [f"timing cache {p} does not exist yet; starting empty" for p in self.missing]

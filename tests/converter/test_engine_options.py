@@ -179,13 +179,13 @@ class _Cache:
         device, _, keys = data.decode().partition(":") if data else ("dev0", "", "")
         self.device, self.entries = device, set(filter(None, keys.split(",")))
 
-    def combine(self, other: "_Cache", ignore_mismatch: bool) -> bool:
+    def combine(self, other: _Cache, ignore_mismatch: bool) -> bool:
         if other.device != self.device and not ignore_mismatch:
             return False
         self.entries |= other.entries
         return True
 
-    def queryKeys(self) -> list[str]:  # noqa: N802  (TensorRT's name)
+    def queryKeys(self) -> list[str]:  # TensorRT's name
         return sorted(self.entries)
 
     def serialize(self) -> bytes:
@@ -233,8 +233,8 @@ def test_a_library_that_ignores_timing_caches_is_named_and_nothing_is_saved(tmp_
     out = tmp_path / "out.cache"
     step = TimingCacheStep([tmp_path / "a.cache"], out)
     step(None, None, _Config(warn="Use Deprecated in TensorRT-RTX 1.2. Timing cache operations are no-ops in TensorRT-RTX. instead."))
-    assert step.finish() == [f'timing cache: ignored by this library ("Timing cache operations are no-ops in TensorRT-RTX"); '
-                             f"{tmp_path / 'a.cache'} not used, nothing saved"]
+    assert step.finish() == [('timing cache: ignored by this library ("Timing cache operations are no-ops in TensorRT-RTX"); '
+                              f"{tmp_path / 'a.cache'} not used, nothing saved")]
     assert not out.exists()
 
 
@@ -244,8 +244,8 @@ def test_the_report_lists_the_options_and_says_the_timing_cache_was_ignored(plai
     assert summary["options"] == {"--timing-cache": [str(folder / "shared.cache")], "--tactic-sources": ["jit_convolutions"],
                                   "--hardware-compatibility": "ampere_plus", "--weight-streaming": True}
     ignored = [n for n in summary["notes"] if n.startswith("timing cache:")]
-    assert ignored == [f'timing cache: ignored by this library ("Timing cache operations are no-ops in TensorRT-RTX"); '
-                       f"{folder / 'shared.cache'} not used, nothing saved"]
+    assert ignored == [('timing cache: ignored by this library ("Timing cache operations are no-ops in TensorRT-RTX"); '
+                        f"{folder / 'shared.cache'} not used, nothing saved")]
     assert not (folder / "shared.cache").exists()
     assert "hardware compatibility ampere_plus: the engine runs on any Ampere-or-newer GPU" in summary["notes"]
 

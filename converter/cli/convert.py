@@ -28,16 +28,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("convert needs tensorrt or tensorrt_rtx (pip install '.[rtx]'); none is importable")
     loaded = load_model(args.model)
     engine = Path(args.output)
-    check_outputs(model_files(loaded.path, loaded.model),
-                  {"-o": engine, "engine build log": engine.with_name(engine.name + ".build.log"),
-                   "engine layer table": engine.with_name(engine.name + ".layers.json"), "--json": args.json_out})
-    if args.timing_cache:  # read and rewritten: it may exist, it must not be an input or another output
-        check_outputs(model_files(loaded.path, loaded.model) | {engine.resolve()}, {"--timing-cache": args.timing_cache})
     options = build_options(args)
+    inputs = model_files(loaded.path, loaded.model) | {Path(c).resolve() for c in options.timing_caches if c != options.save_timing_cache}
+    inputs |= {options.load_tactics.resolve()} if options.load_tactics else set()
+    check_outputs(inputs, {"-o": engine, "engine build log": engine.with_name(engine.name + ".build.log"),
+                           "engine layer table": engine.with_name(engine.name + ".layers.json"), "--json": args.json_out,
+                           "--save-timing-cache": options.save_timing_cache, "--save-tactics": options.save_tactics})
     choice = profiles_for(loaded.model, args.model, args)
     result = build_engine(loaded, Path(args.output), backend, options, choice)
     print(f"engine  {result.engine} ({result.size} bytes, {result.seconds:.2f} s) with {backend.name} {backend.version}")
     print(f"log     {result.log}\nlayers  {result.layers}")
+    if result.options:
+        print("options " + " ".join(flag if value is True else f"{flag} {' '.join(value) if isinstance(value, list) else value}"
+                                    for flag, value in result.options.items()))
     for note in result.notes:
         print(f"note    {note}")
     if args.json_out:

@@ -21,6 +21,7 @@ COMMANDS = {
     "extract": ("converter.cli.extract", "Isolate the subgraph between given tensors into a new model."),
     "check": ("converter.cli.check", "Report what TensorRT can and cannot take, node by node."),
     "convert": ("converter.cli.convert", "Build a TensorRT engine from an ONNX model."),
+    "refit": ("converter.cli.refit", "Give a refittable or weight-stripped engine the weights of an ONNX model."),
     "validate": ("converter.cli.validate", "Compare a candidate (ONNX or engine) against a reference model."),
     "run": ("converter.cli.run", "optimize -> check -> convert -> validate, with one report."),
     "partition": ("converter.cli.partition", "Split a model into TensorRT-supported and unsupported partitions."),

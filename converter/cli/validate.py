@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from converter.cli.args import add_backend_argument, add_input_arguments, add_json_argument
+from converter.cli.args import add_backend_argument, add_input_arguments, add_json_argument, parse_size
 from converter.runtime.specs import resolve_spec
 from converter.runtime.validate import ValidationReport, make_feeds, render_histogram, validate_engine, validate_onnx
 from converter.trt.backends import select_backend
@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, help="relative tolerance (default: 1e-3 for fp32 and fp16, 1e-2 for bf16)")
     parser.add_argument("--mark-all", action="store_true",
                         help="also compare every intermediate tensor both models share and name the first divergent node")
+    parser.add_argument("--weight-streaming-budget", metavar="SIZE|auto",
+                        type=lambda v: -1 if v == "auto" else parse_size(v),
+                        help="GPU memory for the weights of an engine built with convert --weight-streaming (e.g. 2G; "
+                             "auto: TensorRT chooses); the rest streams from host memory")
     add_json_argument(parser, "the comparison")
 
 
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     feeds = make_feeds(specs, args.inputs, args.seed)
     names = (str(args.reference), str(args.candidate))
     if is_onnx(args.candidate) or cand_proto is not None:
+        if args.weight_streaming_budget is not None:
+            raise UserInputError("--weight-streaming-budget applies to engine candidates, not ONNX models")
         cand = load_model(args.candidate)
         _check_same_interface(ref.model, cand.model, args.candidate)
         report = validate_onnx(_inlined(ref), _inlined(cand), feeds, atol=args.atol, rtol=args.rtol,
@@ -63,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         if args.mark_all:
             raise UserInputError("--mark-all needs an ONNX candidate (engine outputs are fixed at build time)")
         report = validate_engine(_inlined(ref), Path(args.candidate), select_backend(args.backend), feeds,
-                                 atol=args.atol, rtol=args.rtol, names=names)
+                                 atol=args.atol, rtol=args.rtol, names=names,
+                                 weight_streaming_budget=args.weight_streaming_budget)
     print(render(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_json(), indent=1))

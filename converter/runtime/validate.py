@@ -24,7 +24,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from converter.trt.backends import Backend, make_logger, polygraphy_trt
+from converter.trt.backends import Backend, polygraphy_trt
+from converter.trt.refit import deserialize_engine
 from surgery.errors import UserInputError
 from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, is_classifier_output,
                                        low_precision, ort_runnable, precision_tolerance, quantized_precision,
@@ -203,39 +204,33 @@ def engine_skip_reason(backend: Backend, engine: bytes) -> str | None:
     """Why this engine cannot run here (None when it can): no library, no GPU, or refused by the runtime."""
     if backend.module is None:
         return "no TensorRT runtime is installed (backend 'static')"
-    trt = backend.module
-    logger = make_logger(trt)
-    try:
-        runtime = trt.Runtime(logger)
-        deserialized = runtime.deserialize_cuda_engine(engine) if runtime is not None else None
-    except Exception as exc:
-        return f"{trt.__name__} cannot create a runtime here: {exc}"
-    if deserialized is None:
-        why = "; ".join(m.splitlines()[0] for m in logger.capture.errors()[-2:]) or "deserialization returned nothing"
-        return f"{trt.__name__} {trt.__version__} cannot deserialize the engine on this machine: {why}"
-    return None
+    return deserialize_engine(backend.module, engine)[2] or None
 
 
-def run_engine(backend: Backend, engine: bytes, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run an engine with Polygraphy's TrtRunner; raise ``EngineSkipped`` where it cannot run."""
+def run_engine(backend: Backend, engine: bytes, feeds: Mapping[str, np.ndarray],
+               weight_streaming_budget: int | None = None) -> dict[str, np.ndarray]:
+    """Run an engine with Polygraphy's TrtRunner; raise ``EngineSkipped`` where it cannot run.
+
+    ``weight_streaming_budget``: GPU bytes for the weights of an engine built with ``--weight-streaming``
+    (-1: TensorRT chooses); None keeps all weights on the GPU."""
     reason = engine_skip_reason(backend, engine)
     if reason:
         raise EngineSkipped(reason)
     pg = polygraphy_trt(backend)
-    with pg.TrtRunner(pg.EngineFromBytes(engine)) as runner:
+    with pg.TrtRunner(pg.EngineFromBytes(engine), weight_streaming_budget=weight_streaming_budget) as runner:
         outputs = runner.infer(feed_dict=dict(feeds))
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
 def validate_engine(reference: onnx.ModelProto, engine_path: Path, backend: Backend, feeds: Mapping[str, np.ndarray], *,
                     atol: float | None, rtol: float | None, names: tuple[str, str],
-                    built_from: onnx.ModelProto | None = None) -> ValidationReport:
+                    built_from: onnx.ModelProto | None = None, weight_streaming_budget: int | None = None) -> ValidationReport:
     """``built_from`` (the ONNX model the engine was built from) sets the tolerance by its precision."""
     tol = choose_tolerance(built_from, atol, rtol)
     report = ValidationReport(names[0], names[1], tol.atol, tol.rtol, tolerance=tol.describe())
     data = Path(engine_path).read_bytes()
     try:
-        cand = run_engine(backend, data, feeds)
+        cand = run_engine(backend, data, feeds, weight_streaming_budget)
     except EngineSkipped as exc:
         report.skipped = str(exc)
         return report

@@ -2,11 +2,13 @@
 
 ``EngineBuild`` is that path: ``NetworkFromOnnxBytes``/``NetworkFromOnnxPath`` parse,
 ``SetDecomposableAttentions`` marks attention decomposable, ``CreateConfig`` carries profiles, the
-workspace pool, the optimization level, the timing cache and compatibility flags, and
-``EngineBytesFromNetwork`` builds. With TensorRT-RTX this is a real ahead-of-time engine built on the
+workspace pool, the optimization level, compatibility, refit, weight-stripping, weight-streaming and
+tactic settings (``engine_options.preflight`` checks them first), ``PostprocessConfig`` adds the merged
+timing cache (``engine_options.TimingCacheStep``), and ``EngineBytesFromNetwork`` builds. With TensorRT-RTX this is a real ahead-of-time engine built on the
 CPU. ``build_engine`` (``surgery convert``) writes ENGINE, ENGINE.build.log and ENGINE.layers.json;
-``probe_build`` (``surgery check``) runs the same ``EngineBuild`` in a child process, so that a
-TensorRT crash becomes a finding, and reports only success, the error text and the layer table.
+``probe_in_process`` (``surgery check``, run in the check's child process; ``probe_build`` starts a
+child of its own) runs the same ``EngineBuild``, so that a TensorRT crash becomes a finding, and
+reports only success, the error text and the layer table.
 Check and convert therefore cannot disagree about a model.
 
 What differs between TensorRT versions is detected by attribute (``hasattr``), never by version string.
@@ -18,9 +20,7 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +31,8 @@ from typing import Any, Sequence
 from converter.plugins.trt import register_python_plugins
 from converter.trt import rules
 from converter.trt.backends import Backend, make_logger, polygraphy_trt, require_library, select_backend
+from converter.trt.engine_options import TimingCacheStep, options_used, preflight, tactic_selector, tactic_sources
+from converter.trt.isolate import ChildCrash, call_in_child
 from converter.trt.profiles import Profile, ProfileChoice, profiles_for
 from surgery.errors import ConversionError, UserInputError
 from surgery.io import LoadedModel
@@ -47,13 +49,20 @@ class BuildOptions:
     profiles: list[Profile] = field(default_factory=list)
     workspace: int | None = None
     optimization_level: int | None = None
-    timing_cache: Path | None = None
+    timing_caches: list[Path] = field(default_factory=list)  # loaded and merged into one
     save_timing_cache: Path | None = None
     plugins: list[str] = field(default_factory=list)
     strongly_typed: bool = False
     hardware_compatibility: str | None = None
     version_compatible: bool = False
+    exclude_lean_runtime: bool = False
     decomposable_attention: bool = False
+    refittable: bool = False
+    strip_weights: bool = False  # a weight-stripped plan (refit later from the ONNX model)
+    tactic_sources: list[str] | None = None  # None: TensorRT's default; []: none
+    save_tactics: Path | None = None
+    load_tactics: Path | None = None
+    weight_streaming: bool = False
 
 
 @dataclass
@@ -65,10 +74,11 @@ class BuildResult:
     size: int
     backend: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # the convert options the build was given
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.engine), "log": str(self.log), "layers": str(self.layers), "seconds": round(self.seconds, 3),
-                "bytes": self.size, "backend": self.backend, "notes": self.notes}
+                "bytes": self.size, "backend": self.backend, "options": self.options, "notes": self.notes}
 
 
 def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger: Any = None) -> None:
@@ -113,19 +123,32 @@ class EngineBuild:
         load_plugins(trt, options.plugins, self.logger)
         if options.strongly_typed and not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
             raise UserInputError(f"{self.backend.name} {self.backend.version} has no strongly typed networks")
+        self.notes += preflight(self.backend, options)
         with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # polygraphy's own '[!]' lines stay quiet: the failure is raised
+            # compatible engines cannot hold the InstanceNormalization plugin: the parser imports it natively
+            native = (options.version_compatible or options.hardware_compatibility) and hasattr(
+                getattr(trt, "OnnxParserFlag", None), "NATIVE_INSTANCENORM")
+            flags = [trt.OnnxParserFlag.NATIVE_INSTANCENORM] if native else None
             if isinstance(self.model, bytes):
-                loader = pg.NetworkFromOnnxBytes(self.model, strongly_typed=options.strongly_typed)
+                loader = pg.NetworkFromOnnxBytes(self.model, flags=flags, strongly_typed=options.strongly_typed)
             else:  # the parser must find the external weights next to the file
-                loader = pg.NetworkFromOnnxPath(str(self.model), strongly_typed=options.strongly_typed)
+                loader = pg.NetworkFromOnnxPath(str(self.model), flags=flags, strongly_typed=options.strongly_typed)
             network = loader()
             if options.decomposable_attention:
                 network = _mark_decomposable(pg, trt, network, self.notes)
             self.layers = layer_table(network[1])
             profiles = network_profiles(network[1], options.profiles)
-            config = pg.CreateConfig(**_config_kwargs(pg, trt, self.backend, options, profiles, self.notes))
-            save = str(options.save_timing_cache) if options.save_timing_cache else None
-            return bytes(pg.EngineBytesFromNetwork(network, config=config, save_timing_cache=save)())
+            config = pg.CreateConfig(**_config_kwargs(pg, trt, self.backend, options, profiles))
+            timing = TimingCacheStep(options.timing_caches, options.save_timing_cache) if (
+                options.timing_caches or options.save_timing_cache) else None
+            config = pg.PostprocessConfig(config, lambda builder, net, cfg: _finish_config(trt, options, timing, builder, net, cfg))
+            data = bytes(pg.EngineBytesFromNetwork(network, config=config)())
+        if timing is not None:
+            self.notes += timing.finish()
+        if options.strip_weights:
+            self.notes.append("weight-stripped plan: give it its weights with `surgery refit ENGINE MODEL.onnx -o FULL` "
+                              "before it runs" + ("" if options.refittable else " (the same weights: built refit-identical)"))
+        return data
 
 
 def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, options: BuildOptions,
@@ -180,7 +203,8 @@ def build_engine(loaded: LoadedModel, engine_path: Path, backend: Backend, optio
     notes.append("layer table from the parsed network (the engine inspector needs a deserialized engine, which "
                  "needs a supported GPU)")
     layers_path.write_text(json.dumps({"source": "network", "layers": layers}, indent=1))
-    return BuildResult(engine_path, log_path, layers_path, seconds, len(data), backend.describe(), notes)
+    return BuildResult(engine_path, log_path, layers_path, seconds, len(data), backend.describe(), notes,
+                       options_used(options))
 
 
 def probe_build(backend: Backend, model: bytes | str | Path, options: BuildOptions,
@@ -192,33 +216,29 @@ def probe_build(backend: Backend, model: bytes | str | Path, options: BuildOptio
     q, k and v are one tensor).
     """
     require_library(backend, "a check build")
-    payload = pickle.dumps((backend.name, model, options))
-    cmd = [sys.executable, "-c", "from converter.trt.build import _probe_main; _probe_main()"]
     try:
-        proc = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return False, f"the TensorRT build did not finish within {timeout_s:.0f} s", []
-    if proc.returncode != 0 or not proc.stdout:
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] if proc.stderr else []
-        return False, f"the TensorRT builder crashed ({how}) while building this model" + (f": {tail[0]}" if tail else ""), []
-    return pickle.loads(proc.stdout)
+        return call_in_child(probe_in_process, backend.name, model, options, timeout_s=timeout_s)
+    except ChildCrash as crash:
+        return False, build_crash_message(crash), []
 
 
-def _probe_main() -> None:
-    """Child-process entry of ``probe_build``: (backend name, model, options) on stdin, the result on stdout."""
-    name, model, options = pickle.load(sys.stdin.buffer)
-    result_fd = os.dup(1)
-    os.dup2(2, 1)  # whatever polygraphy or TensorRT print goes to stderr; stdout carries only the result
+def build_crash_message(crash: ChildCrash) -> str:
+    """The error text of a build whose process died."""
+    if crash.signal is None and crash.how.startswith("did not finish"):
+        return f"the TensorRT build {crash.how}"
+    return f"the TensorRT builder crashed ({crash.how}) while building this model" + (
+        f": {crash.stderr_tail}" if crash.stderr_tail else "")
+
+
+def probe_in_process(name: str, model: bytes | str | Path, options: BuildOptions) -> tuple[bool, str, list[dict[str, str]]]:
+    """``probe_build``'s work, in this process: (ok, error text, layer table); meant to run in a child."""
     build = None
     try:
         build = EngineBuild(select_backend(name), model, options)
         build()
-        result = (True, "", build.layers)
+        return True, "", build.layers
     except Exception as exc:  # report it; the parent turns it into a build failure
-        result = (False, _probe_error(exc, build.logger.capture.errors() if build else []), build.layers if build else [])
-    with os.fdopen(result_fd, "wb") as out:
-        out.write(pickle.dumps(result))
+        return False, _probe_error(exc, build.logger.capture.errors() if build else []), build.layers if build else []
 
 
 def _probe_error(exc: Exception, errors: list[str]) -> str:
@@ -291,8 +311,7 @@ def _mark_decomposable(pg: Any, trt: Any, network: Any, notes: list[str]) -> Any
     return pg.SetDecomposableAttentions(network)()
 
 
-def _config_kwargs(pg: Any, trt: Any, backend: Backend, options: BuildOptions, profiles: list[Profile],
-                   notes: list[str]) -> dict[str, Any]:
+def _config_kwargs(pg: Any, trt: Any, backend: Backend, options: BuildOptions, profiles: list[Profile]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"profiling_verbosity": trt.ProfilingVerbosity.DETAILED}
     if profiles:
         kwargs["profiles"] = [_pg_profile(pg, p) for p in profiles]
@@ -302,22 +321,37 @@ def _config_kwargs(pg: Any, trt: Any, backend: Backend, options: BuildOptions, p
         if not backend.features.get("builder_optimization_level"):
             raise UserInputError(f"{backend.name} {backend.version} has no builder optimization level")
         kwargs["builder_optimization_level"] = int(options.optimization_level)
-    if options.timing_cache:
-        if not Path(options.timing_cache).is_file():
-            notes.append(f"timing cache {options.timing_cache} does not exist yet; starting empty")
-        else:
-            kwargs["load_timing_cache"] = str(options.timing_cache)
-    if options.hardware_compatibility:
-        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), options.hardware_compatibility.upper(), None)
-        if level is None:
-            raise UserInputError(f"{backend.name} {backend.version} has no hardware compatibility level "
-                                 f"'{options.hardware_compatibility}'")
-        kwargs["hardware_compatibility_level"] = level
+    if options.hardware_compatibility:  # the level exists: preflight checked it
+        kwargs["hardware_compatibility_level"] = getattr(trt.HardwareCompatibilityLevel, options.hardware_compatibility.upper())
     if options.version_compatible:
         if not backend.features.get("version_compatible"):
             raise UserInputError(f"{backend.name} {backend.version} has no version-compatible engines")
         kwargs["version_compatible"] = True
+        kwargs["exclude_lean_runtime"] = options.exclude_lean_runtime or None
+    if options.refittable:
+        kwargs["refittable"] = True
+    if options.strip_weights:
+        kwargs["strip_plan"] = True
+    if options.weight_streaming:
+        kwargs["weight_streaming"] = True
+    if options.tactic_sources is not None:
+        kwargs["tactic_sources"] = tactic_sources(trt, options.tactic_sources)
+    selector = tactic_selector(pg, options)
+    if selector is not None:
+        kwargs["algorithm_selector"] = selector
     return kwargs
+
+
+def _finish_config(trt: Any, options: BuildOptions, timing: TimingCacheStep | None, builder: Any, network: Any,
+                   config: Any) -> None:
+    """What ``CreateConfig`` has no argument for: a weight-stripped plan that is not refittable is refit-identical
+    (trtexec's --stripWeights), and the merged timing cache."""
+    if options.strip_weights and not options.refittable and hasattr(trt.BuilderFlag, "REFIT_IDENTICAL"):
+        config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)
+    if timing is not None:
+        if hasattr(trt.BuilderFlag, "DISABLE_TIMING_CACHE"):  # polygraphy sets it beside an algorithm selector
+            config.clear_flag(trt.BuilderFlag.DISABLE_TIMING_CACHE)
+        timing(builder, network, config)
 
 
 def _pg_profile(pg: Any, prof: Profile) -> Any:

@@ -3,9 +3,11 @@
 Library backends classify nodes by data flow: parse the model; every parser error that names a node
 marks that node unsupported; the node is cut out (its outputs become inputs of the rest) and the
 remainder is parsed again, until it parses cleanly or an error names no node (then the rest is
-"unknown"). A fully parsed model is then built with convert's own build (``build.EngineBuild``, in a
-child process; a CPU ahead-of-time build with TensorRT-RTX) to catch build-time failures, attributed
-to nodes through the layer names/metadata the parser derives from ONNX node names. The ``static``
+"unknown"). A fully parsed model is then built with convert's own build (``build.EngineBuild``; a CPU
+ahead-of-time build with TensorRT-RTX) to catch build-time failures, attributed to nodes through the
+layer names/metadata the parser derives from ONNX node names. The parse loop and that build run in one
+child process (``isolate.call_in_child``): a parser crash is located by parsing prefixes and reported as
+kind ``crash`` on the node, a builder crash as a failed build. The ``static``
 backend answers from the op tables and the capability rules instead (``rules.classify``). Then every
 node, whichever backend answered, goes through the rules once more (``rules.review``: foreign-domain
 names, plugin diagnosis, a remedy for each node not supported).
@@ -24,11 +26,13 @@ import onnx
 
 from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
 from converter.trt import rules
-from converter.trt.backends import Backend, make_logger
-from converter.trt.build import BuildOptions, empty_network, layer_to_node, load_plugins, probe_build
+from converter.trt.backends import Backend, make_logger, select_backend
+from converter.trt.build import (BuildOptions, build_crash_message, empty_network, layer_to_node, load_plugins, probe_build,
+                                 probe_in_process)
+from converter.trt.isolate import ChildCrash, call_in_child, checkpoint
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
 from converter.trt.qdq import has_qdq, qdq_report
-from surgery.io import load_model
+from surgery.io import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +129,20 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
     facts = rules.node_facts(model, target, backend.module)
     outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
     if backend.is_library:
-        logger = make_logger(backend.module)
-        load_plugins(backend.module, plugins, logger)
-        _parse_nodes(backend, logger, model, str(loaded.path), nodes, facts)
-        if build and all(n.status == "supported" for n in nodes):
+        load_plugins(backend.module, plugins, make_logger(backend.module))  # the report stage diagnoses plugin nodes
+        request = None
+        if build:
             args = argparse.Namespace(**vars(shapes or argparse.Namespace()))
             args.spec = spec_path or getattr(args, "spec", None)
             choice = profiles_for(model, spec_for or path, args)
-            source = loaded.path if loaded.has_external_data else model.SerializeToString()
             options = BuildOptions(profiles=choice.profiles, plugins=[str(p) for p in plugins],
                                    decomposable_attention=decomposable_attention)
-            outcome = _build(backend, source, options, choice, nodes)
+            request = _BuildRequest(options, from_path=loaded.has_external_data)
+        probe = _parse_isolated(backend, model, str(loaded.path), nodes, target, [str(p) for p in plugins], request)
+        if probe is not None:
+            outcome = _build(backend, loaded, options, choice, nodes, probe)
             if outcome.ok and has_qdq(model):
+                source = loaded.path if loaded.has_external_data else model.SerializeToString()
                 qdq = qdq_report(backend, model, source, options)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
@@ -172,17 +178,146 @@ def _blame_by_table(facts: list[rules.NodeFacts], nodes: list[NodeStatus], pendi
     return blamed
 
 
-def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: str, nodes: list[NodeStatus],
+@dataclass
+class _BuildRequest:
+    """The check's build, made in the parse's child when the parse is clean (``from_path``: external weights)."""
+
+    options: BuildOptions
+    from_path: bool = False
+
+
+@dataclass
+class _ParseState:
+    """How far the parse loop got: the nodes as marked so far and the indices of those still to parse."""
+
+    nodes: list[NodeStatus]
+    pending: list[int]
+    first: bool = True
+
+
+_CRASH_LIMIT = 3  # crashing nodes located one by one before the rest is reported as not classified
+_CHILD_TIMEOUT_S = 1200.0  # the parse loop and the build probe together
+
+
+def _parse_isolated(backend: Backend, model: onnx.ModelProto, path: str, nodes: list[NodeStatus], target: str,
+                    plugins: list[str], request: _BuildRequest | None) -> tuple[bool, str, list[dict[str, str]]] | None:
+    """The parse loop (and, after a clean parse, the build probe) in one child process; marks ``nodes``.
+
+    A parser crash kills only the child: the crashing node is located by parsing ever longer prefixes
+    of what the crashed parse had (one child each, so about log2(n) of them), marked kind ``crash``
+    and cut out, and the loop resumes in a new child. Returns the build probe's result, or None when
+    no build was made.
+    """
+    state = _ParseState(list(nodes), list(range(len(nodes))))
+    crashes = 0
+    while True:
+        try:
+            state, probe = call_in_child(_parse_in_child, backend.name, plugins, model, path, target, state, request,
+                                         timeout_s=_CHILD_TIMEOUT_S)
+            break
+        except ChildCrash as crash:
+            if crash.checkpoint is None:  # it died before the first parse (loading TensorRT or the plugins)
+                _mark_unclassified(state, f"the check's child process died ({crash.how}) before it reached the parser",
+                                   crash.stderr_tail)
+                probe = None
+                break
+            phase, state = crash.checkpoint
+            if phase == "build":  # the parse was clean; the builder died
+                probe = (False, build_crash_message(crash), [])
+                break
+            found = _crashing_node(backend, plugins, model, path, state.pending) if crashes < _CRASH_LIMIT else None
+            if found is None:
+                _mark_unclassified(state, f"the TensorRT parser crashed ({crash.how}) on this model before it could say "
+                                          "anything about this node", crash.stderr_tail)
+                probe = None
+                break
+            crashes += 1
+            culprit, alone = found
+            how_found = ("parsed on its own, it crashes" if alone else
+                         "the nodes before it parse, adding it crashes; found by parsing prefixes in child processes")
+            state.nodes[culprit].mark("unsupported", "crash", f"the TensorRT parser crashes ({crash.how}) on this node "
+                                      f"({how_found})", crash.stderr_tail)
+            state.pending = [i for i in state.pending if i != culprit]
+            state.first = False
+            request = probe = None  # a model with a crashing node gets no build
+            if not state.pending:
+                break
+    nodes[:] = state.nodes
+    return probe
+
+
+def _mark_unclassified(state: _ParseState, why: str, detail: str) -> None:
+    for i in state.pending:
+        state.nodes[i].mark("unknown", "crash", "not classified: " + why, detail)
+
+
+def _parse_in_child(backend_name: str, plugins: list[str], model: onnx.ModelProto, path: str, target: str,
+                    state: _ParseState, request: _BuildRequest | None
+                    ) -> tuple[_ParseState, tuple[bool, str, list[dict[str, str]]] | None]:
+    """Child side of ``_parse_isolated``: the parse loop from ``state``, then the build probe if the parse was clean."""
+    backend = select_backend(backend_name)
+    logger = make_logger(backend.module)
+    load_plugins(backend.module, plugins, logger)
+    _parse_nodes(backend, logger, model, path, state, rules.node_facts(model, target, backend.module))
+    if request is None or not all(n.status == "supported" for n in state.nodes):
+        return state, None
+    checkpoint(("build", state))
+    source = path if request.from_path else model.SerializeToString()
+    return state, probe_in_process(backend_name, source, request.options)
+
+
+def _crashing_node(backend: Backend, plugins: list[str], model: onnx.ModelProto, path: str,
+                   pending: list[int]) -> tuple[int, bool] | None:
+    """The node of ``pending`` (in model order) whose parse crashes, the shortest crashing prefix ending with
+    it, and whether that prefix is the node alone.
+
+    None when the nodes of ``pending`` do not crash without the rest of the model.
+    """
+    infos = infer_value_infos(model)
+
+    def crashes(count: int) -> bool | None:
+        """Whether parsing the first ``count`` nodes crashes; None when the child died before it parsed."""
+        data = submodel(model, pending[:count], infos, name="prefix").SerializeToString()
+        try:
+            call_in_child(_parse_bytes, backend.name, plugins, data, path)
+            return False
+        except ChildCrash as crash:
+            return True if crash.checkpoint is not None else None
+
+    if not pending or not crashes(len(pending)):
+        return None
+    good, bad = 0, len(pending)  # a prefix of `good` nodes parses, one of `bad` crashes
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        crashed = crashes(mid)
+        if crashed is None:
+            return None
+        good, bad = (good, mid) if crashed else (mid, bad)
+    return pending[bad - 1], bad == 1
+
+
+def _parse_bytes(backend_name: str, plugins: list[str], data: bytes, path: str) -> bool:
+    """Child side of ``_crashing_node``: one parse; whether it succeeded (only surviving it matters)."""
+    backend = select_backend(backend_name)
+    logger = make_logger(backend.module)
+    load_plugins(backend.module, plugins, logger)
+    checkpoint("parse")
+    return _parse_once(backend, logger, data, path)[0]
+
+
+def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: str, state: _ParseState,
                  facts: list[rules.NodeFacts]) -> None:
-    """Mark unsupported nodes by repeated parsing of the not-yet-rejected remainder."""
-    pending = list(range(len(nodes)))
-    infos: dict | None = None
-    first = True
+    """Mark unsupported nodes by repeated parsing of the not-yet-rejected remainder (``state`` is updated;
+    it is left as a checkpoint before every parse, so a crash says which parse it was)."""
+    nodes, pending, first = state.nodes, state.pending, state.first
+    infos: dict | None = None if first else infer_value_infos(model)
     while pending:
+        state.pending, state.first = pending, first
+        checkpoint(("parse", state))
         sub = model if first else submodel(model, pending, infos or {}, name="remainder")
         ok, errors = _parse_once(backend, logger, sub.SerializeToString(), path)
         if ok:
-            return
+            break
         failed: dict[int, tuple] = {}
         for err in errors:
             local = err[0]
@@ -200,7 +335,7 @@ def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: st
                 nodes[i].mark("unknown", "parse-error",
                               "not classified: the parser stopped on an error that names no node: " + rules.translate(desc, nodes[i].op),
                               desc)
-            return
+            break
         for i, err in failed.items():
             extra = "" if first else " (found after cutting out the nodes rejected before it)"
             nodes[i].mark("unsupported", "unsupported-op", rules.translate(err[4], nodes[i].op) + extra, err[4])
@@ -208,17 +343,20 @@ def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: st
         if first:
             infos = infer_value_infos(model)
         first = False
+    state.pending, state.first = pending, first
 
 
-def _build(backend: Backend, source: bytes | Path, options: BuildOptions, choice: ProfileChoice,
-           nodes: list[NodeStatus]) -> BuildOutcome:
-    """The check's build: convert's ``EngineBuild`` in a child process; a failure is attributed to nodes."""
-    ok, error, layers = probe_build(backend, source, options)
+def _build(backend: Backend, loaded: LoadedModel, options: BuildOptions, choice: ProfileChoice,
+           nodes: list[NodeStatus], probe: tuple[bool, str, list[dict[str, str]]]) -> BuildOutcome:
+    """The check's build (``probe``: convert's ``EngineBuild`` run in the parse's child); a failure is
+    attributed to nodes, or, over a derived profile, retried at its opt point."""
+    ok, error, layers = probe
     shown = dict(profile=choice.first, profile_source=choice.source)
     if ok:
         return BuildOutcome(attempted=True, ok=True, **shown)
     if choice.derived and any(lo != hi for lo, _, hi in choice.first.values()):
         point = {k: (v[1], v[1], v[1]) for k, v in choice.first.items()}
+        source = loaded.path if loaded.has_external_data else loaded.model.SerializeToString()
         at_point, _, _ = probe_build(backend, source, dataclasses.replace(options, profiles=[point]))
         if at_point:  # the model builds; the derived range is what failed: say so, never "no known remedy"
             reason = rules.translate(error, "")

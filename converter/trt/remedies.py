@@ -49,4 +49,9 @@ TRANSLATIONS: list[tuple[str, str]] = [
                                      "which TensorRT cannot handle here"),
     (r"dynamic.*not supported|Dynamic.*unsupported", "TensorRT cannot handle a dynamic shape at this node"),
     (r"cudaError|CUDA driver version is insufficient", "no usable GPU/CUDA driver for this TensorRT build"),
+    (r"graph_jit\S*: CHECK\(status == CUDA_SUCCESS\)",
+     "TensorRT-RTX's JIT called the CUDA driver for this build and none is usable here (seen with refittable and "
+     "weight-stripped engines, which it cannot build without a driver)"),
+    (r"Unable to load library: (libnvinfer_lean\S*?):", "the builder could not load the lean runtime {0} that a "
+     "version-compatible engine embeds; install it or add --exclude-lean-runtime"),
 ]

@@ -305,3 +305,11 @@ def attention_without_fused_kernel(node: NodeFacts) -> Verdict | None:
         return None
     fp16 = ", or pass convert-precision (fp16)" if any(c.name == "convert-precision" for c in list_passes()) else ""
     return node.with_remedy("convert --decomposable-attention" + fp16)
+
+
+@capability_rule(ANY)
+def parser_crash(node: NodeFacts) -> Verdict | None:
+    """A node TensorRT's parser crashes on (``check`` parses in a child process and locates it)."""
+    if node.stage != REPORT or not node.unsupported or node.found.kind != "crash":
+        return None
+    return node.with_remedy(f"{remedies.KEEP_ON_ORT} (the crash is TensorRT's to fix: report it with this node)")

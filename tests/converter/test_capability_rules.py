@@ -94,6 +94,8 @@ CASES = [
     ("integer_quantized", NodeFacts("QGemm", "com.microsoft"), None, ("unsupported", "unsupported-op"), "QDQ"),
     ("attention_without_fused_kernel", NodeFacts("Attention"), Verdict("unsupported", "build-failure", "no kernel"),
      ("unsupported", "build-failure"), "--decomposable-attention"),
+    ("parser_crash", NodeFacts("TopK"), Verdict("unsupported", "crash", "the TensorRT parser crashes (signal 11)"),
+     ("unsupported", "crash"), "report it with this node"),
 ]
 
 

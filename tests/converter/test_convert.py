@@ -35,7 +35,7 @@ def test_convert_writes_engine_log_and_layers(tmp_path):
     assert (tmp_path / "mlp.engine.build.log").is_file()
     layers = json.loads((tmp_path / "mlp.engine.layers.json").read_text())
     assert layers["layers"] and any(layer["onnx_node"] == "mm1" for layer in layers["layers"])
-    assert (tmp_path / "t.cache").is_file()
+    assert not (tmp_path / "t.cache").exists()  # TensorRT-RTX ignores timing caches: nothing written (the notes say so)
 
 
 @pytest.mark.trt

@@ -123,7 +123,8 @@ def folded_bias(layer: Layer, k: np.ndarray | None, shift: np.ndarray) -> np.nda
 
 def cast_back(values: np.ndarray, like: np.dtype, blame: gs.Tensor) -> np.ndarray | Reject:
     """``values`` in dtype ``like``, or a Reject when the cast overflows (a tiny variance in fp16)."""
-    out = values.astype(like)
+    with np.errstate(over="ignore"):
+        out = values.astype(like)
     if np.isfinite(values).all() and not np.isfinite(out).all():
         return Reject("fold-overflows-dtype", blame)
     return out
@@ -148,7 +149,7 @@ def unfolded_reason(node: gs.Node, graph: gs.Graph, what: str, constant_operands
     if int(graph.opset) < MIN_OPSET:
         return f"opset-below-{MIN_OPSET} (nothing is folded there)"
     if len(node.outputs) > 1:
-        return f"bn-extra-outputs ({what} also writes its running statistics)"
+        return f"bn-training-outputs ({what} also writes running statistics: the training form)"
     src = next((t for t in node.inputs if t.inputs and t.inputs[0].op in LAYER_OPS), None)
     if src is None:
         return f"no-layer-before ({what} reads no {', '.join(LAYER_OPS)} output)"

@@ -10,11 +10,12 @@ Matches::
 
     Conv | ConvTranspose | Gemm (x, W[, B]) -> BatchNormalization(scale, bias, mean, var)
 
-    The layer's output feeds only the BatchNormalization and is no graph output (the pattern needs
-    that; ``--explain`` says which it was). The BatchNormalization has one output.
+    The layer's output feeds only the BatchNormalization and is no graph output, and the
+    BatchNormalization has one output: the inference form (``training_mode=1`` needs three). The
+    pattern requires all of that; ``--explain`` says which one failed.
 
 Rejects:
-    bn-training-mode (``training_mode=1``: batch statistics), bn-not-spatial (``spatial=0``, opset < 9),
+    bn-not-spatial (``spatial=0``, opset 7-8),
     bn-params-not-constant, bn-params-shape (not ``[C]`` for the layer's C output channels),
     weight-not-constant, weight-shape-unknown, weight-rank-below-3, weight-not-2d (Gemm),
     unsupported-dtype (the weights are not float16/32/64), bias-not-constant,
@@ -65,8 +66,6 @@ class FoldBatchNormPass(PatternRewritePass[State, str]):
 
     def check(self, m: Match[str], state: State) -> _Plan | Reject:
         bn, node = m.get("bn"), m.get("layer")
-        if int(bn.attrs.get("training_mode", 0)):
-            return Reject("bn-training-mode", bn.outputs[0])
         if not int(bn.attrs.get("spatial", 1)):
             return Reject("bn-not-spatial", bn.outputs[0])
         layer = read_layer(node)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgery.graph_utils import const_value
+from surgery.graph_utils import NameGen, const_value
 from surgery.rewrite import Reject
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -130,14 +130,15 @@ def cast_back(values: np.ndarray, like: np.dtype, blame: gs.Tensor) -> np.ndarra
     return out
 
 
-def rebuilt(layer: Layer, out: gs.Tensor, prefix: str, weight: np.ndarray | None, bias: np.ndarray | None) -> gs.Node:
+def rebuilt(layer: Layer, out: gs.Tensor, names: NameGen, weight: np.ndarray | None, bias: np.ndarray | None) -> gs.Node:
     """The layer again, writing ``out``, with new constant weights (None: the same weight input) and
-    bias (None: none, for a layer that had none)."""
+    bias (None: none, for a layer that had none). The node keeps the layer's name; the new constants
+    get fresh names of their own (the node's name reserves none)."""
     node = layer.node
-    inputs = [node.inputs[0], node.inputs[1] if weight is None else gs.Constant(f"{prefix}/weight", weight)]
+    inputs = [node.inputs[0], node.inputs[1] if weight is None else gs.Constant(names("/weight"), weight)]
     attrs = dict(node.attrs)
     if bias is not None:
-        inputs.append(gs.Constant(f"{prefix}/bias", bias))
+        inputs.append(gs.Constant(names("/bias"), bias))
         if node.op == "Gemm":
             attrs["beta"] = 1.0
     return gs.Node(node.op, name=node.name, attrs=attrs, inputs=inputs, outputs=[out], domain=node.domain)

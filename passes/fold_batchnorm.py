@@ -58,6 +58,7 @@ class FoldBatchNormPass(PatternRewritePass[State, str]):
     name = "fold-batchnorm"
     summary = "Fold an inference BatchNormalization into the preceding Conv / ConvTranspose / Gemm"
     anchor_ops = ("BatchNormalization",)
+    until_stable = True  # Conv -> BN -> BN: the second BN follows a layer only once the first is folded
     rewrites_ops = ("BatchNormalization",)
     runs_after = MappingProxyType({"matmul-add-to-gemm": "the Gemm it makes from MatMul+Add may feed a BatchNormalization"})
 
@@ -93,7 +94,7 @@ class FoldBatchNormPass(PatternRewritePass[State, str]):
         return _Plan(layer, new_weight, new_bias)
 
     def rewrite(self, m: Match[str], plan: _Plan, state: State, names: NameGen) -> list[gs.Node]:
-        return [rebuilt(plan.layer, m.outputs[0], names(), plan.weight, plan.bias)]
+        return [rebuilt(plan.layer, m.outputs[0], names, plan.weight, plan.bias)]
 
     def unmatched_reason(self, node: gs.Node, state: State) -> str:
         return unfolded_reason(node, state.graph, "the BatchNormalization")

@@ -53,6 +53,7 @@ class FuseBiasAddPass(PatternRewritePass[State, str]):
     name = "fuse-bias-add"
     summary = "Fold a constant per-channel Add after a Conv / ConvTranspose / Gemm into its bias"
     anchor_ops = ("Add",)
+    until_stable = True  # Conv -> Add -> Add: the second Add follows a layer only once the first is folded
     runs_after = MappingProxyType({"matmul-add-to-gemm": "the Gemm it makes from MatMul+Add may take a further Add"})
 
     def patterns(self, state: State) -> dict[str, tuple[gs.GraphPattern, str]]:
@@ -70,7 +71,7 @@ class FuseBiasAddPass(PatternRewritePass[State, str]):
         return bias if isinstance(bias, Reject) else _Plan(layer, bias)
 
     def rewrite(self, m: Match[str], plan: _Plan, state: State, names: NameGen) -> list[gs.Node]:
-        return [rebuilt(plan.layer, m.outputs[0], names(), None, plan.bias)]
+        return [rebuilt(plan.layer, m.outputs[0], names, None, plan.bias)]
 
     def unmatched_reason(self, node: gs.Node, state: State) -> str:
         return unfolded_reason(node, state.graph, "the Add", constant_operands=True)

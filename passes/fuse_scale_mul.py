@@ -53,6 +53,7 @@ class FuseScaleMulPass(PatternRewritePass[State, str]):
     name = "fuse-scale-mul"
     summary = "Fold a constant per-channel Mul after a Conv / ConvTranspose / Gemm into its weights and bias"
     anchor_ops = ("Mul",)
+    until_stable = True  # Conv -> Mul -> Mul: the second Mul follows a layer only once the first is folded
     runs_after = MappingProxyType({"matmul-add-to-gemm": "the Gemm it makes from MatMul+Add may be scaled after"})
 
     def patterns(self, state: State) -> dict[str, tuple[gs.GraphPattern, str]]:
@@ -78,7 +79,7 @@ class FuseScaleMulPass(PatternRewritePass[State, str]):
         return new_bias if isinstance(new_bias, Reject) else _Plan(layer, new_weight, new_bias)
 
     def rewrite(self, m: Match[str], plan: _Plan, state: State, names: NameGen) -> list[gs.Node]:
-        return [rebuilt(plan.layer, m.outputs[0], names(), plan.weight, plan.bias)]
+        return [rebuilt(plan.layer, m.outputs[0], names, plan.weight, plan.bias)]
 
     def unmatched_reason(self, node: gs.Node, state: State) -> str:
         return unfolded_reason(node, state.graph, "the Mul", constant_operands=True)

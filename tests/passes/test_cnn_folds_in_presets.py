@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
+from onnx import helper
 
 from surgery import PassContext, PassManager, UserInputError, parse_pipeline, preset_pipeline, to_graph, to_model
+from tests.builders import const, make_model, tensor
 from tests.cnn_builders import Block, block, matmul_add
 from tests.helpers import assert_same_outputs, ops, same_graph
 
@@ -48,3 +51,21 @@ def test_every_fold_is_in_the_presets_simplify_group(preset):
 def test_matmul_add_to_gemm_must_come_first(late):
     with pytest.raises(UserInputError, match=f"runs {late} before matmul-add-to-gemm"):
         parse_pipeline(f"{late},matmul-add-to-gemm")
+
+
+def test_folds_of_one_pass_in_different_rounds_name_their_constants_apart():
+    """Conv1 -> Add -> Mul -> Conv2 -> Mul: fuse-scale-mul folds Conv2's Mul in the first round of the
+    fixpoint and Conv1's (once fuse-bias-add took the Add) in the second; the second's constants once
+    took the first's names (the node keeps the layer's name, so the generated one was free again)."""
+    rng = np.random.default_rng(0)
+    inits = [const(n, rng.uniform(0.5, 1.5, s).astype(np.float32)) for n, s in
+             (("w1", (6, 6, 1, 1)), ("a", (6, 1, 1)), ("k1", (6, 1, 1)), ("w2", (12, 6, 1, 1)), ("k2", (12, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h1"], name="conv1"), helper.make_node("Add", ["h1", "a"], ["h2"]),
+             helper.make_node("Mul", ["h2", "k1"], ["h3"]), helper.make_node("Conv", ["h3", "w2"], ["h4"], name="conv2"),
+             helper.make_node("Mul", ["h4", "k2"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 6, 5, 5])], [tensor("y", [1, 12, 5, 5])], inits)
+    out, _ = _run(model, "default")
+    assert ops(out) == Counter({"Conv": 2})
+    names = [t.name for t in out.graph.initializer]
+    assert len(names) == len(set(names)) == 3  # conv1's weight and bias, conv2's weight
+    assert_same_outputs(model, out, rtol=1e-5, atol=1e-5)

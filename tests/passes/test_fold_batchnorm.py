@@ -115,3 +115,12 @@ def test_parameters_of_the_wrong_length_are_rejected():
     result = get_pass(PASS)(graph, PassContext(explain=frozenset({PASS})))
     assert result.changed == 0 and ops(graph) == Counter({"Conv": 1, "BatchNormalization": 1})
     assert result.sites == [{"site": "bn", "outcome": "rejected", "reason": "bn-params-shape", "tensor": "var"}]
+
+
+def test_a_chain_of_two_folds_in_one_run():
+    model = block(Block(tail=("bn", "bn")))
+    out, result = apply_pass(model, PASS)
+    assert result.changed == 2 and ops(out) == Counter({"Conv": 1})
+    assert_same_outputs(model, out, **FP32)
+    again, second = apply_pass(out, PASS)
+    assert second.changed == 0 and same_graph(again, out)

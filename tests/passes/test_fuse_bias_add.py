@@ -106,3 +106,12 @@ def test_integer_gemm_is_rejected():
     out, result = apply_pass(model, PASS, explain=True)
     assert result.changed == 0
     assert result.sites == [{"site": "add", "outcome": "rejected", "reason": "unsupported-dtype", "tensor": "w"}]
+
+
+def test_a_chain_of_two_folds_in_one_run():
+    model = block(Block(tail=("add", "add")))
+    out, result = apply_pass(model, PASS)
+    assert result.changed == 2 and ops(out) == Counter({"Conv": 1})
+    assert_same_outputs(model, out, **FP32)
+    again, second = apply_pass(out, PASS)
+    assert second.changed == 0 and same_graph(again, out)

@@ -82,3 +82,12 @@ def test_an_overflowing_scale_is_rejected():
     out, result = apply_pass(model, PASS, explain=True)
     assert result.changed == 0
     assert result.sites == [{"site": "mul", "outcome": "rejected", "reason": "fold-overflows-dtype", "tensor": "mul_c0"}]
+
+
+def test_a_chain_of_two_folds_in_one_run():
+    model = block(Block(tail=("mul", "mul")))
+    out, result = apply_pass(model, PASS)
+    assert result.changed == 2 and ops(out) == Counter({"Conv": 1})
+    assert_same_outputs(model, out, **FP32)
+    again, second = apply_pass(out, PASS)
+    assert second.changed == 0 and same_graph(again, out)

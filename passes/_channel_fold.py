@@ -70,13 +70,9 @@ def read_layer(node: gs.Node) -> Layer | Reject:
     dtype = _dtype(w)
     if dtype not in FOLD_DTYPES:
         return Reject("unsupported-dtype", w)
-    if node.op == "Gemm":
-        if len(shape) != 2:
-            return Reject("weight-not-2d", w)
+    if node.op == "Gemm":  # B is 2-D, a Conv's weight [C, C_in / g, k...]: the checker sees to both
         channels, rank = int(shape[0] if node.attrs.get("transB", 0) else shape[1]), 2
     else:
-        if len(shape) < 3:
-            return Reject("weight-rank-below-3", w)
         group = int(node.attrs.get("group", 1))
         channels = int(shape[0]) if node.op == "Conv" else int(shape[1]) * group
         rank = len(shape)

@@ -15,11 +15,10 @@ Matches::
     pattern requires all of that; ``--explain`` says which one failed.
 
 Rejects:
-    bn-not-spatial (``spatial=0``, opset 7-8),
-    bn-params-not-constant, bn-params-shape (not ``[C]`` for the layer's C output channels),
-    weight-not-constant, weight-shape-unknown, weight-rank-below-3, weight-not-2d (Gemm),
-    unsupported-dtype (the weights are not float16/32/64), bias-not-constant,
-    fold-overflows-dtype (the folded values do not fit the weights' dtype, e.g. fp16 with a tiny variance).
+    bn-not-spatial (``spatial=0``, opset 7-8), bn-params-not-constant, bn-params-shape (not ``[C]``
+    for the layer's C output channels), weight-not-constant, weight-shape-unknown, unsupported-dtype
+    (the weights are not float16/32/64), bias-not-constant, fold-overflows-dtype (the folded values
+    do not fit the weights' dtype, e.g. fp16 with a tiny variance).
     Below opset 7 nothing is matched (onnxruntime runs BatchNormalization from opset 7 on).
 
 Numerics:

@@ -14,8 +14,8 @@ Matches (either operand order)::
 
 Rejects:
     scale-not-per-channel (``k`` would act on other axes than the output channels, or broadcast the
-    output to a larger shape), weight-not-constant, weight-shape-unknown, weight-rank-below-3,
-    weight-not-2d (Gemm), unsupported-dtype (not float16/32/64), bias-not-constant, fold-overflows-dtype.
+    output to a larger shape), weight-not-constant, weight-shape-unknown, unsupported-dtype (not
+    float16/32/64), bias-not-constant, fold-overflows-dtype.
     Below opset 7 nothing is matched.
 
 Numerics:

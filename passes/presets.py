@@ -5,7 +5,13 @@ from __future__ import annotations
 CLEANUP = "infer-shapes,fold-constants,remove-dead-nodes"
 # infer-shapes sits in the group because folding makes more shapes static, which in turn lets
 # fold-constants and eliminate-noops do more; without it a second run of the preset still changes things.
-SIMPLIFY = "fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,cse,fold-constants,remove-dead-nodes,infer-shapes)"
+# The CNN folds (MatMul+Add -> Gemm; BatchNormalization, constant per-channel Mul and Add into the layer
+# before them) sit in the group: eliminate-noops and fold-constants can expose new layer -> op pairs,
+# and each fold can bring the next op to its layer (Conv -> BN -> Mul -> Add folds in one sweep, in
+# this order). They come before cse, which would otherwise merge layers that share constant weights
+# and so leave each one's output shared.
+FOLD = "matmul-add-to-gemm,fold-batchnorm,fuse-scale-mul,fuse-bias-add"
+SIMPLIFY = f"fixpoint(eliminate-noops,merge-transposes,collapse-reshapes,{FOLD},cse,fold-constants,remove-dead-nodes,infer-shapes)"
 # Replace what TensorRT cannot take: after CLEANUP (masks, trip counts and conditions are folded to
 # constants by then) and before SIMPLIFY, which tidies what the rewrites leave.
 REPLACE = ("rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,"

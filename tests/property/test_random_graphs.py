@@ -2,7 +2,7 @@
 onnxruntime outputs (fp32: rtol 1e-4, atol 1e-5) and is idempotent (a second run changes nothing).
 
 Graphs are drawn by hypothesis from common export ops: elementwise (unary, binary, with constants,
-including no-op constants), MatMul/Gemm, Reshape/Transpose chains, Concat/Split/Slice, reductions,
+including no-op constants), MatMul/Gemm, 1-D Conv with a BatchNormalization or per-channel Mul/Add, Reshape/Transpose chains, Concat/Split/Slice, reductions,
 Cast round trips, constant arithmetic and Shape -> Gather -> Unsqueeze -> Concat -> Reshape
 arithmetic. Every graph is built with static shapes tracked alongside, so it is valid by construction
 (the checker and onnxruntime confirm it before any pass runs). ``derandomize=True`` keeps CI
@@ -97,6 +97,39 @@ def _matmul(net, draw, x, shape):
         net.op("MatMul", [x, net.weights((shape[-1], n))], [(*shape[:-1], n)])
 
 
+def _conv(net, draw, x, shape):
+    """A 1-D Conv (kernel 1, optional bias) on a rank-3 tensor, then a chain of BatchNormalization,
+    per-channel Mul and per-channel Add, each output read by the next op alone or also later: what
+    the CNN folds look for."""
+    if len(shape) != 3:
+        return
+    n, c, length = shape
+    out = draw(st.integers(1, 4))
+    ins = [x, net.weights((out, c, 1))] + ([net.weights((out,))] if draw(st.booleans()) else [])
+    (y,) = net.op("Conv", ins, [(n, out, length)], kernel_shape=[1])
+    for op in draw(st.lists(st.sampled_from(["Add", "Mul", "BatchNormalization"]), min_size=1, max_size=3)):
+        if not draw(st.booleans()):  # False is what hypothesis draws most: foldable the common case
+            net.pool.pop()  # only the next op reads y: foldable
+        if op == "BatchNormalization":
+            params = [net.weights((out,), 0.5, 1.5), net.weights((out,)), net.weights((out,)),
+                      net.weights((out,), 0.5, 2.0)]
+            (y,) = net.op(op, [y, *params], [(n, out, length)])
+        else:
+            (y,) = net.op(op, [y, net.weights((out, 1), 0.5, 2.0)], [(n, out, length)])
+
+
+def _matmul_add(net, draw, x, shape):
+    """A 2-D MatMul with constant weights and a constant Add: what matmul-add-to-gemm looks for."""
+    if len(shape) != 2:
+        return
+    n = draw(st.integers(1, 4))
+    (y,) = net.op("MatMul", [x, net.weights((shape[1], n))], [(shape[0], n)])
+    if not draw(st.booleans()):
+        net.pool.pop()  # only the Add reads the product: fusable
+    c = net.weights(draw(st.sampled_from([(n,), (1, n), (shape[0], n), (shape[0], 1), ()])))
+    net.op("Add", [c, y] if draw(st.booleans()) else [y, c], [(shape[0], n)])
+
+
 def _reshape(net, draw, x, shape):
     total = math.prod(shape)
     first = draw(st.sampled_from([d for d in range(1, total + 1) if total % d == 0]))
@@ -189,12 +222,14 @@ def _const_arith(net, draw, x, shape):
 
 BUILDERS = [_unary, _binary, _binary_const, _matmul, _reshape, _transpose, _concat_split_slice, _reduce, _cast,
             _shape_arith, _const_arith]
+# Kept out of BUILDERS so the examples drawn for every other test stay as they were.
+FOLD_BUILDERS = [*BUILDERS, *[_conv, _matmul_add] * 6]
 
 
 @st.composite
-def models(draw) -> onnx.ModelProto:
+def models(draw, builders=BUILDERS, min_rank: int = 2) -> onnx.ModelProto:
     net = _Net(draw(st.integers(0, 2**16)))
-    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=2, max_size=3)))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=min_rank, max_size=3)))
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))]
     net.pool.append(("x", shape))
     if draw(st.booleans()):
@@ -202,7 +237,7 @@ def models(draw) -> onnx.ModelProto:
         net.pool.append(("y", shape))
     for _ in range(draw(st.integers(1, 8))):
         name, s = draw(st.sampled_from(net.pool))
-        draw(st.sampled_from(BUILDERS))(net, draw, name, s)
+        draw(st.sampled_from(builders))(net, draw, name, s)
     produced = [(n, s) for n, s in net.pool if n not in ("x", "y")]
     if not produced:
         net.op("Relu", ["x"], [shape])
@@ -255,6 +290,18 @@ def test_pass_preserves_outputs_and_is_idempotent(name, model):
 @given(model=models())
 def test_preset_preserves_outputs_and_is_idempotent(preset, model):
     _check(model, list_presets()[preset])
+
+
+CNN_FOLDS = ["matmul-add-to-gemm", "fold-batchnorm", "fuse-scale-mul", "fuse-bias-add"]
+
+
+@pytest.mark.parametrize("spec", [*CNN_FOLDS, "default", "trt"])
+@settings(PROPERTY, max_examples=100)  # most small drawn graphs hold no foldable pair
+@given(model=models(FOLD_BUILDERS))
+def test_cnn_folds_on_graphs_with_convolutions(spec, model):
+    """The folds (alone and in the presets) on graphs that also hold 1-D Convs followed by chains of
+    BatchNormalization and per-channel Mul / Add, and 2-D MatMul + Add."""
+    _check(model, list_presets().get(spec, spec))
 
 
 @PROPERTY

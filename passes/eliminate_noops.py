@@ -45,6 +45,21 @@ class EliminateNoopsPass(Pass):
     summary = "Remove Identity, inference Dropout, same-type Cast and other nodes that pass their input through unchanged."
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Sweep until nothing is left to remove: bypassing one no-op can make the next provable (a Reshape
+        whose input shape is known only once the Reshape before it is gone), so one run is idempotent.
+        Removals accumulate; rejections are those of the last sweep, the sites still in the graph."""
+        total = PassResult()
+        while True:
+            sweep = self._sweep(graph)
+            total.changed += sweep.changed
+            total.stats.update({k: v for k, v in sweep.stats.items() if not k.startswith("rejected:")})
+            total.sites += [s for s in sweep.sites if s["outcome"] != "rejected"]
+            if not sweep.changed:
+                total.stats.update({k: v for k, v in sweep.stats.items() if k.startswith("rejected:")})
+                total.sites += [s for s in sweep.sites if s["outcome"] == "rejected"]
+                return total
+
+    def _sweep(self, graph: gs.Graph) -> PassResult:
         result = PassResult()
         found: list[tuple[gs.Node, int]] = []
         for node in graph.nodes:

@@ -138,3 +138,21 @@ def test_leaves_real_computation(kind):
     assert result.changed == 0
     assert not any(k.startswith("rejected:") for k in result.stats)
     assert same_graph(out, before)
+
+
+def test_a_chain_of_no_op_reshapes_goes_in_one_run():
+    """The second Reshape is provably a no-op only once the first is gone (its input shape is then x's):
+    one run removes both, and a second run changes nothing."""
+    import numpy as np
+    from onnx import helper
+
+    from tests.builders import const, make_model, tensor
+    from tests.helpers import apply_pass, assert_same_outputs, same_graph
+
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["a"], name="r1"), helper.make_node("Reshape", ["a", "s"], ["y"], name="r2")]
+    model = make_model(nodes, [tensor("x", [2, 3])], [tensor("y", [2, 3])], [const("s", np.array([2, 3], np.int64))])
+    out, result = apply_pass(model, "eliminate-noops")
+    assert result.changed == 2 and [n.op_type for n in out.graph.node] == ["Identity"]
+    assert_same_outputs(model, out)
+    again, second = apply_pass(out, "eliminate-noops")
+    assert second.changed == 0 and same_graph(again, out)

@@ -9,7 +9,7 @@ import onnx
 
 from passes import presets
 from surgery.errors import UserInputError
-from surgery.io import load_model, save_model, to_graph, to_model
+from surgery.io import load_model, save_graph, to_graph
 from surgery.paths import check_outputs, model_files
 from converter.runtime.numerics import InputSpec, load_spec, spec_from_model
 from surgery.pass_base import PassContext
@@ -68,13 +68,15 @@ def input_specs(model: onnx.ModelProto, model_path: Path, opts: OptimizeOptions)
 def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks: Sequence[PassHook] = ()) -> dict[str, Any]:
     """Optimize ``src`` into ``dst``; returns the JSON-ready report. Nothing is written on failure.
     ``hooks`` see every pass (the CLI's progress line is one)."""
-    loaded = load_model(src)
+    # --validate-each runs the original on onnxruntime, which needs its weights in memory
+    loaded = load_model(src, lazy_weights=not opts.validate_each)
     dst = Path(dst)
     inputs = model_files(loaded.path, loaded.model)
     if not opts.in_place and dst.resolve() in inputs:
         what = "the input model" if dst.resolve() == loaded.path else "an external-data file of the input"
         raise UserInputError(f"{dst}: output would overwrite {what} (use --in-place to allow it)")
-    data_file = dst.with_name(dst.name + ".data") if opts.external_data or loaded.has_external_data else None
+    external = opts.external_data or loaded.has_external_data or None  # external data in, external data out
+    data_file = dst.with_name(dst.name + ".data") if external else None
     check_outputs(inputs, {"-o": dst, "-o's external data": data_file, "--report": opts.report},
                   {"--dump-dir": opts.dump_dir if opts.validate_each else None},
                   allow_overwrite=inputs if opts.in_place else ())
@@ -104,8 +106,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
     report = PassManager(steps, hooks=hooks).run(graph, ctx)
     for index, note in (guard.notes if guard else {}).items():  # how a low-precision pass was validated
         report.passes[index].notes.append(note)
-    model = to_model(graph, like=loaded.model)
-    save_model(model, dst, source_dir=loaded.base_dir, external=opts.external_data,
+    save_graph(graph, dst, like=loaded.model, source_dir=loaded.base_dir, external=external,
                protect=None if opts.in_place else loaded.path)
     return {
         "input": str(loaded.path),
@@ -115,6 +116,6 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
         "emit": opts.emit,
         "load_notes": loaded.notes,
         "nodes_before": nodes_before,
-        "nodes_after": len(model.graph.node),
+        "nodes_after": len(graph.nodes),
         **report.to_json(),
     }

@@ -107,7 +107,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
     for index, note in (guard.notes if guard else {}).items():  # how a low-precision pass was validated
         report.passes[index].notes.append(note)
     save_graph(graph, dst, like=loaded.model, source_dir=loaded.base_dir, external=external,
-               protect=None if opts.in_place else loaded.path)
+               protect=None if opts.in_place else loaded.path, keep_external=loaded.external_names)
     return {
         "input": str(loaded.path),
         "output": str(dst.resolve()),

@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -47,7 +48,14 @@ class LoadedModel:
     def has_external_data(self) -> bool:
         """Whether the model keeps weights in external data files (weights left inside the model file by
         ``lazy_weights`` are not that)."""
-        return any(ext.uses_external_data(t) and not self.in_model_file(t) for t in _all_tensors(self.model))
+        return bool(self.external_names)
+
+    @property
+    def external_names(self) -> tuple[str, ...]:
+        """Names of the tensors kept in external data files, in the order of their bytes there."""
+        found = [(ext.ExternalDataInfo(t).location, ext.ExternalDataInfo(t).offset or 0, t.name)
+                 for t in _all_tensors(self.model) if ext.uses_external_data(t) and not self.in_model_file(t)]
+        return tuple(name for _, _, name in sorted(found))
 
     def in_model_file(self, t: onnx.TensorProto) -> bool:
         """Whether external tensor ``t`` refers to bytes inside the model file itself (``lazy_weights``)."""
@@ -149,12 +157,19 @@ def weightless_model(graph: gs.Graph) -> onnx.ModelProto:
 
 
 def save_graph(graph: gs.Graph, path: str | os.PathLike, *, like: onnx.ModelProto | None = None,
-               source_dir: Path | None = None, external: bool | None = None, protect: Path | None = None) -> Path:
+               source_dir: Path | None = None, external: bool | None = None, protect: Path | None = None,
+               keep_external: Iterable[str] = ()) -> Path:
     """Export ``graph`` (as ``to_model(graph, like)``) and write it like ``save_model``, each weight streamed from
-    where it lies (input file, external data, a pass's array) into the output, never held twice."""
+    where it lies (input file, external data, a pass's array) into the output, never held twice.
+
+    ``keep_external``: names of tensors that stay in external data (when written with it) whatever their size,
+    in this order: those the input kept there (``LoadedModel.external_names``), even the ones a pass read
+    into memory.
+    """
     with standing_in(graph, EXTERNAL_MIN_BYTES) as sources:
         model = to_model(graph, like=like)
-    return _save(Skeleton(model, sources), path, source_dir=source_dir, external=external, protect=protect)
+    return _save(Skeleton(model, sources), path, source_dir=source_dir, external=external, protect=protect,
+                 keep_external=tuple(keep_external))
 
 
 def save_model(
@@ -183,7 +198,7 @@ def save_model(
 
 
 def _save(skeleton: Skeleton, path: str | os.PathLike, *, source_dir: Path | None, external: bool | None,
-          protect: Path | None) -> Path:
+          protect: Path | None, keep_external: tuple[str, ...] = ()) -> Path:
     out = Path(path)
     if protect is not None and out.resolve() == Path(protect).resolve():
         raise UserInputError(f"{out}: output would overwrite the input model (use --in-place to allow it)")
@@ -206,7 +221,7 @@ def _save(skeleton: Skeleton, path: str | os.PathLike, *, source_dir: Path | Non
     tmp_data = Path(tmp + ".data")
     try:
         if external:
-            writer.write_external(skeleton, Path(tmp), tmp_data, data_name, source_dir)
+            writer.write_external(skeleton, Path(tmp), tmp_data, data_name, source_dir, keep_external)
             os.chmod(tmp_data, 0o666 & ~_umask())
         else:
             writer.write_embedded(skeleton, Path(tmp), source_dir)

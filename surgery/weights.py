@@ -141,12 +141,13 @@ def location_index(location: str) -> int | None:
 
 
 def make_standin(meta_of: onnx.TensorProto | None, name: str, data_type: int, dims, index: int) -> onnx.TensorProto:
-    """A tensor proto with ``name``, type and dims (and ``meta_of``'s doc string and metadata) whose bytes are
-    source ``index``."""
-    t = onnx.TensorProto(name=name, data_type=data_type, dims=list(dims))
+    """A tensor proto named ``name`` with type and dims (and whatever else ``meta_of`` says of itself, its bytes
+    and where they lie excepted) whose bytes are source ``index``."""
+    t = onnx.TensorProto()
     if meta_of is not None:
-        t.doc_string = meta_of.doc_string
-        t.metadata_props.extend(meta_of.metadata_props)
+        _copy_fields(meta_of, t, skip=("raw_data", "external_data", "data_location", "name", "dims", "data_type"))
+    t.name, t.data_type = name, data_type
+    t.dims.extend(dims)
     t.data_location = _T.EXTERNAL
     t.external_data.add(key="location", value=f"{STANDIN}{index}")
     return t
@@ -223,8 +224,8 @@ def skeleton_of_model(model: onnx.ModelProto, min_bytes: int) -> Skeleton:
     of at least ``min_bytes`` are stood in. Only the small rest is copied; tensors elsewhere (subgraphs,
     attributes) are copied as they are, external ones still pointing at their files."""
     skeleton, sources = onnx.ModelProto(), []
-    _copy_fields(model, skeleton, skip="graph")
-    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    _copy_fields(model, skeleton, skip=("graph",))
+    _copy_fields(model.graph, skeleton.graph, skip=("initializer",))
     for t in model.graph.initializer:
         size = plain_size(t)
         if ext.uses_external_data(t):
@@ -240,9 +241,9 @@ def skeleton_of_model(model: onnx.ModelProto, min_bytes: int) -> Skeleton:
     return Skeleton(skeleton, sources)
 
 
-def _copy_fields(src, dst, skip: str) -> None:
+def _copy_fields(src, dst, skip: tuple[str, ...]) -> None:
     for fd, value in src.ListFields():
-        if fd.name == skip:
+        if fd.name in skip:
             continue
         repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED  # protobuf < 5.28
         if repeated:
@@ -254,21 +255,31 @@ def _copy_fields(src, dst, skip: str) -> None:
 
 
 def standins_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Turn the initializers of ``model`` (in any graph) that are stand-ins or external into typed inputs of the
-    main graph, in place: the checker would look for their files, and types and shapes are all that shape
-    inference needs of them. A subgraph sees a main-graph input as an outer-scope value."""
+    """Turn the initializers of ``model`` (in any graph) that are stand-ins or external, and the outputs of
+    Constant nodes whose value is, into typed inputs of the main graph, in place: the checker would look
+    for their files, and types and shapes are all that shape inference needs of them. A subgraph sees a
+    main-graph input as an outer-scope value."""
     declared = {vi.name for vi in model.graph.input}
     inputs = []
+
+    def declare(name: str, t: onnx.TensorProto) -> None:
+        if name not in declared:
+            declared.add(name)
+            inputs.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
 
     def strip(graph: onnx.GraphProto) -> None:
         kept = [t for t in graph.initializer if not ext.uses_external_data(t)]
         if len(kept) != len(graph.initializer):
             for t in graph.initializer:
-                if ext.uses_external_data(t) and t.name not in declared:
-                    declared.add(t.name)
-                    inputs.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                if ext.uses_external_data(t):
+                    declare(t.name, t)
             del graph.initializer[:]
             graph.initializer.extend(kept)
+        constants = [n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                     and any(a.name == "value" and ext.uses_external_data(a.t) for a in n.attribute)]
+        for node in constants:
+            declare(node.output[0], next(a.t for a in node.attribute if a.name == "value"))
+            graph.node.remove(node)
         for node in graph.node:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:

@@ -1,8 +1,8 @@
 """Write a skeleton (``surgery.weights``) with its weights streamed from their sources.
 
-External data: every stand-in, and every inline tensor of at least ``EXTERNAL_MIN_BYTES``, goes
-into one data file, 4 KiB aligned; tensors that came from files keep their order (offset within
-each file), the others follow in the model's order. Embedded: the skeleton is serialized and
+External data: every stand-in, every inline tensor of at least ``EXTERNAL_MIN_BYTES`` and those
+the caller names go into one data file, 4 KiB aligned: the named ones first in the caller's order
+(the input's layout), then the others from files by offset, then the rest in the model's order. Embedded: the skeleton is serialized and
 each stand-in's bytes are spliced in where protobuf would put them (the file equals what
 ``SerializeToString`` of the full model gives). Either way a weight is copied once: file to file by
 the kernel where it lies in a file, from the array or proto where a pass made it.
@@ -67,20 +67,25 @@ def weight_bytes(skeleton: Skeleton, source_dir: Path | None) -> int:
 
 
 def write_external(skeleton: Skeleton, onnx_path: Path, data_path: Path, data_name: str,
-                   source_dir: Path | None) -> None:
+                   source_dir: Path | None, keep_external: tuple[str, ...] = ()) -> None:
     """Write ``skeleton.model`` (changed in place to point at ``data_name``) to ``onnx_path`` and its weights
-    to ``data_path``."""
+    to ``data_path``; tensors named in ``keep_external`` go there whatever their size, first, in that order."""
+    rank = {name: i for i, name in enumerate(keep_external)}
     entries = []
     for position, t in enumerate(tensors(skeleton.model)):
         source = skeleton.source_of(t)
         if source is None and ext.uses_external_data(t):
             source = _file_slice(t)
-        elif source is None and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+        elif source is None and t.HasField("raw_data") and (t.name in rank or len(t.raw_data) >= EXTERNAL_MIN_BYTES):
             source = ProtoBytes(t, len(t.raw_data))
         elif source is None:
             continue
-        key = ((0, str(source.base_dir or ""), source.location, source.offset) if isinstance(source, FileSlice)
-               else (1, "", "", position))
+        if t.name in rank:
+            key = (0, rank[t.name], "", "", 0)
+        elif isinstance(source, FileSlice):
+            key = (1, 0, str(source.base_dir or ""), source.location, source.offset)
+        else:
+            key = (2, position, "", "", 0)
         entries.append((key, position, t, source))
     entries.sort(key=lambda e: (e[0], e[1]))
     sources = _Sources(source_dir, {})

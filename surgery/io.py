@@ -67,8 +67,7 @@ def load_model(path: str | os.PathLike, *, lazy_weights: bool = False) -> Loaded
 
     ``lazy_weights``: leave main-graph initializers of at least ``WEIGHT_BYTES`` in the file, as external
     data whose location is the model file itself; they are read only if a pass needs their values.
-    ``loaded.model`` then lacks those bytes: only a graph made by ``to_graph(loaded)`` or
-    ``save_model(..., source_dir=loaded.base_dir)`` can reach them.
+    ``loaded.model`` then lacks those bytes: reach them through ``to_graph(loaded)`` and ``save_graph``.
     """
     p = Path(path)
     if not p.exists():
@@ -79,7 +78,8 @@ def load_model(path: str | os.PathLike, *, lazy_weights: bool = False) -> Loaded
         raise ModelLoadError(f"{p}: file is empty")
     model = load_by_reference(p, WEIGHT_BYTES) if lazy_weights else None
     try:
-        model = model or onnx.load_model(str(p), load_external_data=False)
+        if model is None:
+            model = onnx.load_model(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ModelLoadError(f"{p}: not an ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
@@ -208,10 +208,12 @@ def _save(skeleton: Skeleton, path: str | os.PathLike, *, source_dir: Path | Non
         raise UserInputError(f"{out.parent}: output folder does not exist")
     if not os.access(out.parent, os.W_OK):
         raise UserInputError(f"{out.parent}: output folder is not writable")
+    too_big = external is not True and writer.weight_bytes(skeleton, source_dir) + skeleton.model.ByteSize() > PROTOBUF_LIMIT
+    if external is False and too_big:
+        raise UserInputError(f"{out}: over 2 GB, which protobuf cannot hold in one file: save with external data")
     if external is None:
-        has_external = skeleton.stands_in_external_data or any(
+        external = too_big or skeleton.stands_in_external_data or any(
             ext.uses_external_data(t) and standin_index(t) is None for t in _all_tensors(skeleton.model))
-        external = has_external or writer.weight_bytes(skeleton, source_dir) + skeleton.model.ByteSize() > PROTOBUF_LIMIT
     data_name = out.name + ".data"
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out.parent)

@@ -319,3 +319,15 @@ def test_a_weight_shorter_than_its_entry_fails_in_one_line(tmp_path):
     with pytest.raises(SurgeryError, match="shorter than its external data entry"):
         save_graph(graph, tmp_path / "o.onnx", like=loaded.model, source_dir=loaded.base_dir)
     assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "o.onnx.data").exists()
+
+
+def test_over_the_protobuf_limit_goes_external_or_is_refused(tmp_path, monkeypatch):
+    import surgery.io
+
+    monkeypatch.setattr(surgery.io, "PROTOBUF_LIMIT", 100 << 10)  # stands for 2 GB: the 1 MB model is over it
+    model = _big_model(1)
+    save_model(model, tmp_path / "auto.onnx")
+    assert (tmp_path / "auto.onnx.data").is_file()
+    with pytest.raises(SurgeryError, match="over 2 GB"):
+        save_model(model, tmp_path / "inline.onnx", external=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto.onnx", "auto.onnx.data"]

@@ -11,7 +11,7 @@ from onnx import external_data_helper as ext
 from converter.precision_report import precision_report
 from passes import presets
 from surgery.errors import UserInputError
-from surgery.io import load_model, save_model, to_graph, to_model
+from surgery.io import load_model, save_graph, save_model, to_graph, to_model
 from surgery.paths import check_outputs, model_files
 from converter.runtime.numerics import PRECISION_TOLERANCES, InputSpec, load_spec, spec_from_model
 from converter.runtime.quantize import MODES as QUANT_MODES, QuantizeOptions
@@ -76,13 +76,15 @@ def input_specs(model: onnx.ModelProto, model_path: Path, opts: OptimizeOptions)
 def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks: Sequence[PassHook] = ()) -> dict[str, Any]:
     """Optimize ``src`` into ``dst``; returns the JSON-ready report. Nothing is written on failure.
     ``hooks`` see every pass (the CLI's progress line is one)."""
-    loaded = load_model(src)
+    # --validate-each runs the original on onnxruntime, which needs its weights in memory
+    loaded = load_model(src, lazy_weights=not opts.validate_each)
     dst = Path(dst)
     inputs = model_files(loaded.path, loaded.model)
     if not opts.in_place and dst.resolve() in inputs:
         what = "the input model" if dst.resolve() == loaded.path else "an external-data file of the input"
         raise UserInputError(f"{dst}: output would overwrite {what} (use --in-place to allow it)")
-    data_file = dst.with_name(dst.name + ".data") if opts.external_data or loaded.has_external_data else None
+    external = opts.external_data or loaded.has_external_data or None  # external data in, external data out
+    data_file = dst.with_name(dst.name + ".data") if external else None
     quant = _quantize_options(opts)
     if quant is not None and quant.calibration_data is not None:
         inputs = inputs | {Path(quant.calibration_data).resolve()}
@@ -117,17 +119,21 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
     report = PassManager(steps, hooks=hooks).run(graph, ctx)
     for index, note in (guard.notes if guard else {}).items():  # how a low-precision pass was validated
         report.passes[index].notes.append(note)
-    model = to_model(graph, like=loaded.model)
     pipeline = report.to_json()
     extra: dict[str, Any] = {}
-    if quant is not None:
-        model, extra = _quantize(model, loaded, quant, specs, guard)
+    protect = None if opts.in_place else loaded.path
+    if quant is not None:  # quantization calibrates the whole model on onnxruntime: it needs the weights in memory
+        model, extra = _quantize(to_model(graph, like=loaded.model), loaded, quant, specs, guard)
         pipeline["passes"].append(extra.pop("record"))
         pipeline["total_changed"] += pipeline["passes"][-1]["changed"]
-    elif opts.precision:
-        extra["precision"] = precision_report(model, opts.precision, kept_fp32=kept.sites)
-    save_model(model, dst, source_dir=loaded.base_dir, external=opts.external_data,
-               protect=None if opts.in_place else loaded.path)
+        save_model(model, dst, source_dir=loaded.base_dir, external=external, protect=protect)
+        nodes_after = len(model.graph.node)
+    else:
+        if opts.precision:
+            extra["precision"] = precision_report(to_model(graph, like=loaded.model), opts.precision, kept_fp32=kept.sites)
+        save_graph(graph, dst, like=loaded.model, source_dir=loaded.base_dir, external=external,
+                   protect=protect, keep_external=loaded.external_names)
+        nodes_after = len(graph.nodes)
     return {
         "input": str(loaded.path),
         "output": str(dst.resolve()),
@@ -136,7 +142,7 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
         "emit": opts.emit,
         "load_notes": loaded.notes,
         "nodes_before": nodes_before,
-        "nodes_after": len(model.graph.node),
+        "nodes_after": nodes_after,
         **pipeline,
         **extra,
     }

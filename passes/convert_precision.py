@@ -34,7 +34,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgery.graph_utils import NameGen, const_value
-from surgery.io import to_model
+from surgery.io import weightless_model
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 from surgery.errors import PreconditionError
@@ -136,8 +136,9 @@ def _too_large(tensor: gs.Tensor) -> bool:
 
 
 def _float_types(graph: gs.Graph) -> dict[str, int]:
-    """Element type of every tensor we can learn, via ONNX shape inference on an exported copy."""
-    model = to_model(graph)
+    """Element type of every tensor we can learn, via ONNX shape inference on a weightless export (weights are
+    typed graph inputs there)."""
+    model = weightless_model(graph)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:

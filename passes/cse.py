@@ -1,8 +1,9 @@
 """cse: common-subexpression elimination, after deduplicating identical small constants.
 
 Summary: first, constant tensors with the same dtype, shape and bytes (each at most
-``max_const_bytes``) are merged into the first one seen. Then one sweep in topological order gives
-every node a key (domain, op, attributes, input values, which outputs exist); a node whose key was
+``max_const_bytes``) are merged into the first one seen; only constants whose dtype and shape
+another constant shares are read, and a weight still on disk is read without being kept. Then one
+sweep in topological order gives every node a key (domain, op, attributes, input values, which outputs exist); a node whose key was
 seen before is a duplicate, and its outputs are read from the earlier node instead. Because keys use
 the *merged* input values, a whole duplicated chain collapses in one run.
 
@@ -22,6 +23,7 @@ Numerics: exact (the same computation on the same values).
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from passes._noop_rules import present
 from surgery.graph_utils import const_value, toposort
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
+from surgery.weights import WEIGHT_BYTES
 
 __all__ = ["CsePass"]
 
@@ -48,8 +51,15 @@ def _const_key(t: gs.Constant, limit: int) -> tuple | None:
     itemsize = np.dtype(t.dtype).itemsize if not isinstance(t.dtype, int) else 8
     if int(np.prod(t.shape, dtype=np.int64)) * itemsize > limit:
         return None
-    values = np.asarray(t.values)
+    lazy = t._values if isinstance(t._values, gs.ir.tensor.LazyValues) else None
+    # a weight left lazy stays so: reading it through ``t.values`` would keep it in memory to the end
+    values = np.asarray(lazy.load() if lazy is not None and lazy.nbytes >= WEIGHT_BYTES else t.values)
     return str(values.dtype), values.shape, values.tobytes()
+
+
+def _kind(t: gs.Constant) -> tuple:
+    """What two constants must share to be equal, known without reading them."""
+    return str(t.dtype), None if t.shape is None else tuple(t.shape)
 
 
 def _freeze(value: Any, limit: int) -> Any:
@@ -127,9 +137,11 @@ class CsePass(Pass):
         """Map id(duplicate constant) -> (duplicate, first identical constant seen)."""
         first: dict[tuple, gs.Constant] = {}
         replace: dict[int, tuple[gs.Tensor, gs.Tensor]] = {}
+        constants = {id(t): t for node in graph.nodes for t in node.inputs if isinstance(t, gs.Constant)}
+        kinds = Counter(_kind(t) for t in constants.values())
         for node in graph.nodes:
             for t in node.inputs:
-                if not isinstance(t, gs.Constant) or id(t) in replace or t in graph.outputs:
+                if not isinstance(t, gs.Constant) or id(t) in replace or kinds[_kind(t)] < 2 or t in graph.outputs:
                     continue
                 key = _const_key(t, limit)
                 if key is None:

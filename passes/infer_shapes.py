@@ -1,6 +1,7 @@
 """infer-shapes: annotate tensors with ONNX shape inference, keeping symbolic dims.
 
-Summary: runs ``onnx.shape_inference`` on the exported graph and copies dtypes and shapes back
+Summary: runs ``onnx.shape_inference`` on the graph's weightless export (weights stood in by typed
+inputs: none is read or serialized) and copies dtypes and shapes back
 onto tensors that had none (or only partial ones). Counts tensors whose shape or dtype became
 known. Never changes computation.
 """
@@ -12,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
 
-from surgery.io import to_graph, to_model
+from surgery.io import to_graph, weightless_model
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
@@ -69,7 +70,7 @@ class InferShapesPass(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
-        model = to_model(graph)
+        model = weightless_model(graph)
         # onnx's data propagation walks shape values element by element: a dim like 2**40 hangs it
         huge = _largest_dim(graph) > HUGE_DIM
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=not huge)

@@ -1,8 +1,11 @@
-"""Model I/O: load without pulling external weights into memory, save atomically and deterministically.
+"""Model I/O: load without pulling weights into memory, save atomically and deterministically.
 
-Models are loaded with external data left on disk. When converted to a ``gs.Graph`` such tensors stay
-lazy (``ExternalValues``) and are read only if a pass asks for their values. Saving streams every
-tensor's bytes into one data file per model, so a 2 GB+ model is never held whole in memory.
+Models are loaded with external data left on disk, and with ``lazy_weights`` big embedded
+initializers are left in the model file too (``surgery.embedded``). In a ``gs.Graph`` such tensors
+stay lazy (``ExternalValues``) and are read only if a pass asks for their values. Saving exports a
+skeleton (``surgery.weights``) and streams each weight from where it lies into the output
+(``surgery.writer``): external data in, external data out; embedded in, embedded out (above 2 GB
+external, as protobuf requires). No model is held whole in memory.
 """
 from __future__ import annotations
 
@@ -11,26 +14,25 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper as ext
 
-from surgery import gs_compat
+from surgery import gs_compat, writer
+from surgery.embedded import load_by_reference
 from surgery.errors import ModelLoadError, SurgeryError, UserInputError
 from surgery.normalize import MIN_IR_VERSION, normalize
+from surgery.weights import (WEIGHT_BYTES, ExternalValues, Skeleton, graph_constants, skeleton_of_model, standin_index,
+                             standing_in, standins_as_inputs)
+from surgery.writer import EXTERNAL_MIN_BYTES
 
 gs_compat.install()
 
 
 MAX_IR_VERSION = 10  # onnxruntime >= 1.17 and TensorRT 10 read it; onnx 1.23 would write 14
 PROTOBUF_LIMIT = 2**31 - 1
-EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline when saving with external data
-_ALIGN = 4096
-_T = onnx.TensorProto
-_PLAIN_DTYPES = frozenset({_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.INT16, _T.INT32, _T.INT64, _T.UINT8,
-                           _T.UINT16, _T.UINT32, _T.UINT64, _T.BOOL})  # raw bytes == numpy layout
 
 
 @dataclass
@@ -44,38 +46,29 @@ class LoadedModel:
 
     @property
     def has_external_data(self) -> bool:
-        return any(ext.uses_external_data(t) for t in _all_tensors(self.model))
+        """Whether the model keeps weights in external data files (weights left inside the model file by
+        ``lazy_weights`` are not that)."""
+        return bool(self.external_names)
+
+    @property
+    def external_names(self) -> tuple[str, ...]:
+        """Names of the tensors kept in external data files, in the order of their bytes there."""
+        found = [(ext.ExternalDataInfo(t).location, ext.ExternalDataInfo(t).offset or 0, t.name)
+                 for t in _all_tensors(self.model) if ext.uses_external_data(t) and not self.in_model_file(t)]
+        return tuple(name for _, _, name in sorted(found))
+
+    def in_model_file(self, t: onnx.TensorProto) -> bool:
+        """Whether external tensor ``t`` refers to bytes inside the model file itself (``lazy_weights``)."""
+        return any(e.key == "location" and e.value == self.path.name for e in t.external_data)
 
 
-class ExternalValues(gs.ir.tensor.LazyValues):
-    """Lazy values of an external tensor that resolve its file against a fixed folder."""
+def load_model(path: str | os.PathLike, *, lazy_weights: bool = False) -> LoadedModel:
+    """Load and sanity-check a model, raising ``ModelLoadError`` with one line on any defect.
 
-    def __init__(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
-        super().__init__(tensor)
-        self.base_dir = base_dir
-
-    def load(self) -> np.ndarray:
-        # Read straight from the file: ``numpy_helper.to_array`` would load the bytes into the shared
-        # tensor proto too (keeping them alive and leaving it half-external), then copy them again.
-        t, info = self.tensor, ext.ExternalDataInfo(self.tensor)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        count = int(np.prod(t.dims, dtype=np.int64))
-        if t.data_type in _PLAIN_DTYPES and (info.length or count * dtype.itemsize) == count * dtype.itemsize:
-            path = self.base_dir / info.location
-            values = np.fromfile(path, dtype=dtype.newbyteorder("<"), count=count, offset=info.offset or 0)
-            if values.size != count:
-                raise ModelLoadError(f"tensor '{t.name}': {path.name} is shorter than its external data entry")
-            return values.astype(dtype, copy=False).reshape(tuple(t.dims))
-        meta = onnx.TensorProto()
-        meta.CopyFrom(t)
-        del meta.external_data[:]
-        meta.data_location = onnx.TensorProto.DEFAULT
-        meta.raw_data = _read_external(t, self.base_dir)
-        return onnx.numpy_helper.to_array(meta)
-
-
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Load and sanity-check a model, raising ``ModelLoadError`` with one line on any defect."""
+    ``lazy_weights``: leave main-graph initializers of at least ``WEIGHT_BYTES`` in the file, as external
+    data whose location is the model file itself; they are read only if a pass needs their values.
+    ``loaded.model`` then lacks those bytes: reach them through ``to_graph(loaded)`` and ``save_graph``.
+    """
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"{p}: no such file")
@@ -83,8 +76,10 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise ModelLoadError(f"{p}: is a directory, expected an .onnx file")
     if p.stat().st_size == 0:
         raise ModelLoadError(f"{p}: file is empty")
+    model = load_by_reference(p, WEIGHT_BYTES) if lazy_weights else None
     try:
-        model = onnx.load_model(str(p), load_external_data=False)
+        if model is None:
+            model = onnx.load_model(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ModelLoadError(f"{p}: not an ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
@@ -122,10 +117,10 @@ def to_graph(loaded: LoadedModel | onnx.ModelProto) -> gs.Graph:
     if isinstance(loaded, onnx.ModelProto):
         return gs.import_onnx(loaded)
     graph = gs.import_onnx(loaded.model)
-    for tensor in _graph_constants(graph):
+    for tensor in graph_constants(graph):
         values = tensor._values
         if isinstance(values, gs.ir.tensor.LazyValues) and ext.uses_external_data(values.tensor):
-            tensor._values = ExternalValues(values.tensor, loaded.base_dir)
+            tensor._values = ExternalValues(values.tensor, loaded.base_dir, loaded.in_model_file(values.tensor))
     return graph
 
 
@@ -153,6 +148,30 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
     return model
 
 
+def weightless_model(graph: gs.Graph) -> onnx.ModelProto:
+    """``graph`` exported for the checker and shape inference: weights (external, or inline of at least
+    ``WEIGHT_BYTES``) become typed graph inputs; no weight is read or copied."""
+    with standing_in(graph, WEIGHT_BYTES):
+        model = to_model(graph)
+    return standins_as_inputs(model)
+
+
+def save_graph(graph: gs.Graph, path: str | os.PathLike, *, like: onnx.ModelProto | None = None,
+               source_dir: Path | None = None, external: bool | None = None, protect: Path | None = None,
+               keep_external: Iterable[str] = ()) -> Path:
+    """Export ``graph`` (as ``to_model(graph, like)``) and write it like ``save_model``, each weight streamed from
+    where it lies (input file, external data, a pass's array) into the output, never held twice.
+
+    ``keep_external``: names of tensors that stay in external data (when written with it) whatever their size,
+    in this order: those the input kept there (``LoadedModel.external_names``), even the ones a pass read
+    into memory.
+    """
+    with standing_in(graph, EXTERNAL_MIN_BYTES) as sources:
+        model = to_model(graph, like=like)
+    return _save(Skeleton(model, sources), path, source_dir=source_dir, external=external, protect=protect,
+                 keep_external=tuple(keep_external))
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike,
@@ -161,18 +180,25 @@ def save_model(
     external: bool | None = None,
     protect: Path | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically.
+    """Write ``model`` (left as it is) to ``path`` atomically.
 
     Args:
         model: the model; external tensors in it are read from ``source_dir``.
         path: destination .onnx file.
         source_dir: folder the model's external data locations are relative to.
-        external: force (True) or forbid (False) an external data file; default: only when over 2 GB.
+        external: force (True) or forbid (False) an external data file ``path.data``; default: when the model
+            has external data, or is over 2 GB.
         protect: a path that must not be overwritten (the input model).
 
     Returns:
         The path written.
     """
+    return _save(skeleton_of_model(model, EXTERNAL_MIN_BYTES), path, source_dir=source_dir, external=external,
+                 protect=protect)
+
+
+def _save(skeleton: Skeleton, path: str | os.PathLike, *, source_dir: Path | None, external: bool | None,
+          protect: Path | None, keep_external: tuple[str, ...] = ()) -> Path:
     out = Path(path)
     if protect is not None and out.resolve() == Path(protect).resolve():
         raise UserInputError(f"{out}: output would overwrite the input model (use --in-place to allow it)")
@@ -182,26 +208,27 @@ def save_model(
         raise UserInputError(f"{out.parent}: output folder does not exist")
     if not os.access(out.parent, os.W_OK):
         raise UserInputError(f"{out.parent}: output folder is not writable")
+    too_big = external is not True and writer.weight_bytes(skeleton, source_dir) + skeleton.model.ByteSize() > PROTOBUF_LIMIT
+    if external is False and too_big:
+        raise UserInputError(f"{out}: over 2 GB, which protobuf cannot hold in one file: save with external data")
     if external is None:
-        external = _estimated_size(model) > PROTOBUF_LIMIT
-    model = _shallow_copy_tensors(model)
+        external = too_big or skeleton.stands_in_external_data or any(
+            ext.uses_external_data(t) and standin_index(t) is None for t in _all_tensors(skeleton.model))
     data_name = out.name + ".data"
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out.parent)
     except OSError as exc:
         raise SurgeryError(f"{out}: cannot write here ({exc.strerror})") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model should look like any other file
     tmp_data = Path(tmp + ".data")
     try:
         if external:
-            _stream_external(model, tmp_data, data_name, source_dir)
-        else:
-            _inline_external(model, source_dir)
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString(deterministic=True))
-        if external:
+            writer.write_external(skeleton, Path(tmp), tmp_data, data_name, source_dir, keep_external)
             os.chmod(tmp_data, 0o666 & ~_umask())
+        else:
+            writer.write_embedded(skeleton, Path(tmp), source_dir)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model should look like any other file
+        if external:
             os.replace(tmp_data, out.parent / data_name)
         os.replace(tmp, out)
     except OSError as exc:
@@ -222,124 +249,3 @@ def _all_tensors(model: onnx.ModelProto):
     yield from ext._get_all_tensors(model)
 
 
-def _graph_constants(graph: gs.Graph):
-    for sub in graph.subgraphs(recursive=True) if hasattr(graph, "subgraphs") else []:
-        yield from (t for t in sub.tensors().values() if isinstance(t, gs.Constant))
-    yield from (t for t in graph.tensors().values() if isinstance(t, gs.Constant))
-
-
-def _estimated_size(model: onnx.ModelProto) -> int:
-    total = 0
-    for t in _all_tensors(model):
-        if ext.uses_external_data(t):
-            info = ext.ExternalDataInfo(t)
-            total += info.length or 0
-        else:
-            total += len(t.raw_data)
-    return total + 1_000_000
-
-
-def _shallow_copy_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy we may edit freely (tensor protos can be shared with lazy graph constants)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
-def _read_external(t: onnx.TensorProto, source_dir: Path | None) -> bytes:
-    if source_dir is None:
-        raise UserInputError(f"tensor '{t.name}' has external data but its source folder is unknown")
-    info = ext.ExternalDataInfo(t)
-    with open(source_dir / info.location, "rb") as f:
-        f.seek(info.offset or 0)
-        return f.read(info.length) if info.length else f.read()
-
-
-def _inline_external(model: onnx.ModelProto, source_dir: Path | None) -> None:
-    for t in _all_tensors(model):
-        if ext.uses_external_data(t):
-            t.raw_data = _read_external(t, source_dir)
-            t.data_location = onnx.TensorProto.DEFAULT
-            del t.external_data[:]
-
-
-def _stream_external(model: onnx.ModelProto, data_path: Path, data_name: str, source_dir: Path | None) -> None:
-    """Move every tensor of at least EXTERNAL_MIN_BYTES into ``data_path``, one at a time.
-
-    External tensors are copied file to file by the kernel (``os.copy_file_range``) where it can:
-    on a 400 MB model that is about ten times faster than reading each tensor into memory and
-    writing it out, and no tensor's bytes pass through this process.
-    """
-    offset = 0
-    sources: dict[Path, int] = {}
-    out = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for t in _all_tensors(model):
-            if ext.uses_external_data(t):
-                data = None
-            elif t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
-                data = t.raw_data
-            else:
-                continue
-            pad = (-offset) % _ALIGN
-            _pwrite_all(out, b"\0" * pad, offset)
-            offset += pad
-            if data is None:
-                length = _copy_external(t, source_dir, sources, out, offset)
-            else:
-                _pwrite_all(out, data, offset)
-                length = len(data)
-            t.ClearField("raw_data")
-            _point_at(t, data_name, offset, length)
-            offset += length
-            del data
-    finally:
-        os.close(out)
-        for fd in sources.values():
-            os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-def _copy_external(t: onnx.TensorProto, source_dir: Path | None, sources: dict[Path, int], out: int, at: int) -> int:
-    """Copy ``t``'s external bytes to ``out`` at offset ``at``; return how many (a short file gives fewer,
-    as reading it would)."""
-    if source_dir is None:
-        raise UserInputError(f"tensor '{t.name}' has external data but its source folder is unknown")
-    info = ext.ExternalDataInfo(t)
-    path = source_dir / info.location
-    if path not in sources:
-        sources[path] = os.open(path, os.O_RDONLY)
-    src, start = sources[path], info.offset or 0
-    length = info.length if info.length else max(0, os.fstat(src).st_size - start)
-    done = 0
-    copy = getattr(os, "copy_file_range", None)
-    while done < length and copy is not None:
-        try:
-            n = copy(src, out, length - done, start + done, at + done)
-        except OSError:  # another filesystem or kernel that will not: fall back to plain reads
-            break
-        if n == 0:
-            return done  # end of the source file
-        done += n
-    while done < length:
-        chunk = os.pread(src, min(length - done, 64 << 20), start + done)
-        if not chunk:
-            break
-        _pwrite_all(out, chunk, at + done)
-        done += len(chunk)
-    return done
-
-
-def _point_at(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    """Make ``t`` refer to ``location`` (``ext.set_external_data`` insists on raw_data being present)."""
-    del t.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
-    t.data_location = onnx.TensorProto.EXTERNAL

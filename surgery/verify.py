@@ -1,58 +1,35 @@
-"""Structural verification after a pass: the ONNX checker plus strict shape inference."""
+"""Structural verification after a pass: the ONNX checker plus strict shape inference, on weightless views."""
 from __future__ import annotations
 
 import onnx
-from onnx import external_data_helper as ext
 import onnx_graphsurgeon as gs
+from onnx import external_data_helper as ext
 
 from surgery.errors import VerificationError
-
-
-# Inline initializers at least this big are weights, not shape data: verification drops their bytes.
-WEIGHT_BYTES = 64 << 10
+from surgery.weights import WEIGHT_BYTES, plain_size, skeleton_of_model, standins_as_inputs
 
 
 def verify_graph(graph: gs.Graph) -> None:
     """Raise ``VerificationError`` if the exported graph is not a valid ONNX model."""
-    from surgery.io import to_model  # io imports model_checks; keep verify importable alone
+    from surgery.io import weightless_model  # io imports model_checks, which imports this
 
     try:
-        model = to_model(graph)
+        model = weightless_model(graph)
     except Exception as exc:
         raise VerificationError(f"graph cannot be exported: {exc}") from exc
-    _check(_strip_weights(model))  # the export is ours: strip in place, no copy
-
-
-def _is_weight(t: onnx.TensorProto) -> bool:
-    return ext.uses_external_data(t) or len(t.raw_data) >= WEIGHT_BYTES
+    _check(model)
 
 
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy in which weight initializers (external, or inline of at least ``WEIGHT_BYTES``) become
-    graph inputs of the same type and shape.
+    """``model`` (itself when it has no weights, else a copy without them) in which weight initializers
+    (external, or inline of at least ``WEIGHT_BYTES``) are graph inputs of the same type and shape.
 
     The checker resolves external files against the working directory and would read them; types
     and shapes are all verification needs, and big inline weights only cost serialization time.
     """
-    if not any(_is_weight(t) for t in model.graph.initializer):
+    if not any(ext.uses_external_data(t) or (plain_size(t) or 0) >= WEIGHT_BYTES for t in model.graph.initializer):
         return model
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    return _strip_weights(skeleton)
-
-
-def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    weights = [t for t in model.graph.initializer if _is_weight(t)]
-    if not weights:
-        return model
-    kept = [t for t in model.graph.initializer if not _is_weight(t)]
-    declared = {vi.name for vi in model.graph.input}
-    inputs = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights
-              if t.name not in declared]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    model.graph.input.extend(inputs)
-    return model
+    return standins_as_inputs(skeleton_of_model(model, WEIGHT_BYTES).model)
 
 
 def verify_model(model: onnx.ModelProto) -> None:

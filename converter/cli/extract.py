@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import onnx_graphsurgeon as gs
 
@@ -52,7 +53,8 @@ def _names(text: str, option: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
-    check_outputs(model_files(loaded.path, loaded.model), {"-o": args.output})
+    data = Path(args.output).with_name(Path(args.output).name + ".data") if loaded.has_external_data else None
+    check_outputs(model_files(loaded.path, loaded.model), {"-o": args.output, "-o's external data": data})
     graph = to_graph(loaded)
     inputs, outputs = (_names(args.inputs, "--inputs"), _names(args.outputs, "--outputs"))
     extract(graph, inputs, outputs)

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", type=Path, help="input spec JSON for --validate-each (default: MODEL.spec.json)")
     parser.add_argument("--dump-dir", type=Path, help="where --validate-each saves models around a failing pass")
     parser.add_argument("--external-data", action="store_true", default=None,
-                        help="store weights in OUT.data (automatic above 2 GB)")
+                        help="store weights in OUT.data (automatic above 2 GB and for an input with external data)")
     parser.add_argument("--in-place", action="store_true", help="allow overwriting the input model")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here (passes, per-node precision)")

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from surgery.io import MAX_IR_VERSION
+from surgery.verify import weightless
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ class Partition:
 
 
 def infer_value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Type/shape of every tensor we can learn (graph I/O, value_info, shape inference)."""
+    """Type/shape of every tensor we can learn (graph I/O, value_info, shape inference on a weightless view)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=not _has_huge_dim(model))
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), data_prop=not _has_huge_dim(model))
     except Exception as exc:  # a model the checker dislikes still gets its declared infos
         log.warning("shape inference failed (%s); using declared types only", str(exc).splitlines()[0])
         inferred = model

@@ -27,6 +27,7 @@ import onnx
 from converter.trt.backends import Backend, polygraphy_trt
 from converter.trt.refit import deserialize_engine
 from surgery.errors import UserInputError
+from surgery.verify import weightless
 from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, is_classifier_output,
                                        low_precision, ort_runnable, precision_tolerance, quantized_precision,
                                        random_feeds, run_ort)
@@ -156,7 +157,7 @@ def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     out = copy.deepcopy(model)
     existing = {o.name for o in out.graph.output}
     try:
-        inferred = onnx.shape_inference.infer_shapes(out)
+        inferred = onnx.shape_inference.infer_shapes(weightless(out))  # weights stood in: types are all it needs
         infos = {vi.name: vi for vi in inferred.graph.value_info}
     except Exception as exc:  # fall back to untyped outputs, which onnxruntime accepts
         log.warning("shape inference failed while marking outputs: %s", str(exc).splitlines()[0])

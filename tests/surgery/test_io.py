@@ -34,13 +34,17 @@ def test_optimize_external_model_into_another_folder_runs_there(tmp_path, capsys
     assert_same_outputs(shape_arith_model(), onnx.load(out))
 
 
-def test_save_inlines_external_data_by_default(tmp_path):
+def test_save_keeps_external_data_by_default_and_inlines_when_asked(tmp_path):
     src = _save_external(shape_arith_model(), tmp_path / "src")
     loaded = load_model(src)
-    out = save_model(to_model(to_graph(loaded), like=loaded.model), tmp_path / "inline.onnx", source_dir=loaded.base_dir)
-    model = onnx.load(out, load_external_data=False)
-    assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
-    assert_same_outputs(shape_arith_model(), model)
+    model = to_model(to_graph(loaded), like=loaded.model)
+    kept = save_model(model, tmp_path / "kept.onnx", source_dir=loaded.base_dir)
+    assert (tmp_path / "kept.onnx.data").is_file()
+    out = save_model(model, tmp_path / "inline.onnx", source_dir=loaded.base_dir, external=False)
+    inline = onnx.load(out, load_external_data=False)
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in inline.graph.initializer)
+    assert_same_outputs(shape_arith_model(), inline)
+    assert_same_outputs(shape_arith_model(), onnx.load(kept))
 
 
 def test_lazy_external_constants_can_be_folded(tmp_path, monkeypatch):

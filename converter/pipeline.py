@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 class RunOptions:
     backend: str = "auto"
     preset: str | None = None
+    emit: str = "onnx"
+    precision: str | None = None  # "fp16" / "bf16": the optimized model is converted (convert-precision)
     spec: Path | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
     shapes: argparse.Namespace | None = None  # --input-shapes / --min/--opt/--max-shapes
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: float | None = 1e-4  # None: the optimized model's precision picks the tolerance
+    rtol: float | None = 1e-3
     seed: int = 0
 
 
@@ -64,7 +66,8 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions, 
     out.mkdir(exist_ok=True)
     preset = opts.preset or ("trt" if "trt" in list_presets() else "default")
     opt_path = out / "model.opt.onnx"
-    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec), hooks=hooks)
+    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec, emit=opts.emit,
+                                                                          precision=opts.precision), hooks=hooks)
     optimize["preset"] = preset
     backend = select_backend(opts.backend)
     spec_path = opts.spec or _sibling_spec(model_path)

@@ -163,10 +163,11 @@ def source_digest() -> str:
     import passes
     import surgery
 
-    files = sorted(p for pkg in (surgery, passes, converter) for p in Path(pkg.__file__).parent.rglob("*.py"))
+    roots = [Path(pkg.__file__).parent for pkg in (surgery, passes, converter)]
+    files = sorted((p.relative_to(root.parent).as_posix(), p) for root in roots for p in root.rglob("*.py"))
     h = hashlib.sha256()
-    for p in files:
-        h.update(p.as_posix().rsplit("/", 1)[-1].encode() + b"\0" + p.read_bytes())
+    for name, p in files:
+        h.update(name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:12]
 
 

@@ -25,8 +25,10 @@ def _rate(passed: int, total: int) -> float | None:
 def _counts(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
     times = [r["seconds"] for r in records if isinstance(r.get("seconds"), (int, float))]
+    cpu = [r["cpu_s"] for r in records if isinstance(r.get("cpu_s"), (int, float))]
     return {"items": len(records), **counts, "success_rate": _rate(counts["passed"], len(records)),
-            "seconds_total": round(sum(times), 3), "seconds_median": round(statistics.median(times), 3) if times else None}
+            "seconds_total": round(sum(times), 3), "seconds_median": round(statistics.median(times), 3) if times else None,
+            "cpu_seconds_total": round(sum(cpu), 3)}
 
 
 def blockers_by_op(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

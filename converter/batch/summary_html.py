@@ -103,8 +103,9 @@ def _items(s: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{_e(r['model'])}</td><td>{_e(r['target'])}</td><td class=\"{_e(r['status'])}\">{_e(r['status'])}</td>"
                     f"<td>{yes(r.get('ran'))}</td><td>{_e(r.get('equal', '—'))}</td><td>{yes(r.get('builds'))}</td>"
                     f"<td>{_e(r.get('validated', '—'))}</td><td>{blockers}</td><td>{_note(r)}</td>"
-                    f"<td class=\"num\">{_e(r.get('seconds'))}</td></tr>")
-    head = ["model", "target", "status", "ran", "equal", "builds", "validated", "blockers (remedies)", "notes", "seconds"]
+                    f"<td class=\"num\">{_e(r.get('seconds'))}</td><td class=\"num\">{_e(r.get('cpu_s'))}</td></tr>")
+    head = ["model", "target", "status", "ran", "equal", "builds", "validated", "blockers (remedies)", "notes", "seconds",
+            "CPU seconds"]
     return "<h2>Items</h2>" + _table("items", head, rows)
 
 

@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import select
 import signal
 import sys
@@ -43,9 +44,30 @@ def fork_context(backends: list[str]) -> Any:
     with _context_lock:
         if _context is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(PRELOAD + sorted({_BACKEND_MODULES[b] for b in backends if b in _BACKEND_MODULES}))
+            ctx.set_forkserver_preload(PRELOAD + sorted({_BACKEND_MODULES[b] for b in backends if b in _BACKEND_MODULES})
+                                       + _main_as_module())
             _context = ctx
         return _context
+
+
+def _main_as_module() -> list[str]:
+    """The main script's module name, where the script lies in a package on sys.path (a Ray worker's default_worker).
+
+    multiprocessing runs a main given by path again in every child; imported once by the fork server, what
+    the script imports (all of Ray, for a Ray worker) is already loaded when each item process runs it.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or getattr(main, "__spec__", None) is not None or not path.endswith(".py"):
+        return []
+    script = Path(path).resolve()
+    for entry in sys.path:
+        root = Path(entry or ".").resolve()
+        if script.is_relative_to(root):
+            parts = script.relative_to(root).with_suffix("").parts
+            if len(parts) > 1 and all(part.isidentifier() for part in parts):
+                return [".".join(parts)]
+    return []
 
 
 def execute_item(item: dict[str, Any], timeout_s: float | None, stop: threading.Event | None = None) -> dict[str, Any] | None:
@@ -146,16 +168,22 @@ def _child(item: dict[str, Any], sender: Any, log_path: str, waiter: int) -> Non
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log, 1), os.dup2(log, 2)
     try:
-        sender.send(("done", run_item(item)))
+        sender.send(("done", {**run_item(item), "cpu_s": _cpu_seconds()}))
     except Exception as exc:  # a user error (bad shapes for this model), a failed pass, a bug: this item only
         from surgery.errors import SurgeryError
 
         traceback.print_exc()
         first = (str(exc).strip().splitlines() or [""])[0]
         kind = "" if isinstance(exc, SurgeryError) else f"{type(exc).__name__}: "
-        sender.send(("error", {"ran": False, "error": f"{kind}{first}"}))
+        sender.send(("error", {"ran": False, "error": f"{kind}{first}", "cpu_s": _cpu_seconds()}))
     finally:
         sys.stdout.flush(), sys.stderr.flush()
+
+
+def _cpu_seconds() -> float:
+    """CPU time this item used: its process (every thread) and the processes it waited for (the check's build)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return round(sum(u.ru_utime + u.ru_stime for u in usage), 3)
 
 
 def run_item(item: dict[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,15 @@ def fork_context(backends: list[str]) -> Any:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(PRELOAD + sorted({_BACKEND_MODULES[b] for b in backends if b in _BACKEND_MODULES})
                                        + _main_as_module())
+            warm = ctx.Process(target=_warm_up)  # the server starts (and imports) here, so that no item's time includes it
+            warm.start()
+            warm.join()
             _context = ctx
         return _context
+
+
+def _warm_up() -> None:
+    """A process that does nothing: its start waits until the fork server has imported the preloaded modules."""
 
 
 def _main_as_module() -> list[str]:

@@ -2,10 +2,11 @@
 
 Both hand each item to ``worker.execute_item``, which runs it in its own process with its timeout,
 so a crash or a hang costs that item only. The local pool is the standard library's thread pool,
-one thread per job, each waiting on its item's process. With Ray, every item is one task of Ray's
-task API with a resource request: one CPU, plus GPUs where the cluster has some and the target
-builds with a TensorRT library (builds and engine runs use the GPU there); Ray decides where and
-when each runs. The cluster's nodes must see the same paths as the driver (a shared file system):
+one thread per job, each waiting on its item's process. With Ray, every item is two tasks of Ray's
+task API, each with its resource request: optimize (one CPU), then check, build and validate (one
+CPU, plus GPUs where the cluster has some and the target builds with a TensorRT library: builds and
+engine runs use the GPU there), the second taking the first's result as its argument; Ray decides
+where and when each runs. The cluster's nodes must see the same paths as the driver (a shared file system):
 tasks read the models and write the item folders in place. onnx-surgery's own packages are shipped
 to the workers (``py_modules``), so they run the driver's code.
 """
@@ -75,9 +76,13 @@ class RayExecutor:
             task = ray.remote(execute_item)
             refs = {}
             for item in items:
-                options = {"num_cpus": 1, "num_gpus": gpu_request(item, self.resources.get("GPU", 0), self.gpus_per_item),
-                           "max_retries": 0, "name": f"surgery-batch {item.model.name}/{item.target.name}"}
-                refs[task.options(**options).remote(item.to_json(), self.timeout_s)] = item
+                name, spec = f"surgery-batch {item.model.name}/{item.target.name}", item.to_json()
+                gpus = gpu_request(item, self.resources.get("GPU", 0), self.gpus_per_item)
+                optimized = task.options(num_cpus=1, max_retries=0, name=f"{name} optimize").remote(
+                    spec, self.timeout_s, None, "optimize")
+                # Ray starts the second task once the first's result (passed as an argument) is there
+                refs[task.options(num_cpus=1, num_gpus=gpus, max_retries=0, name=f"{name} build").remote(
+                    spec, self.timeout_s, None, "build", optimized)] = item
             pending = list(refs)
             try:
                 while pending:

@@ -77,21 +77,34 @@ def _main_as_module() -> list[str]:
     return []
 
 
-def execute_item(item: dict[str, Any], timeout_s: float | None, stop: threading.Event | None = None) -> dict[str, Any] | None:
+def execute_item(item: dict[str, Any], timeout_s: float | None, stop: threading.Event | None = None,
+                 stage: str = "all", optimized: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Run ``item`` (``Item.to_json()``) in its own process; returns its record (also written to its folder),
-    or None when ``stop`` was set first (the item is left unrecorded, to run again)."""
+    or None when ``stop`` was set first (the item is left unrecorded, to run again).
+
+    ``stage`` "all" runs the whole pipeline in one process. "optimize" and then "build" (given the first's
+    result as ``optimized``) run it in two, as two Ray tasks with their own resources: "optimize" returns a
+    partial result (``{"partial": "optimize", ...}``, no record) unless it failed, and "build" returns a
+    record it was given unchanged. The timeout covers both stages together.
+    """
+    if stage == "build" and (optimized is None or "partial" not in optimized):
+        return optimized  # the optimize stage ended the item: its record stands
+    spent = optimized["seconds"] if stage == "build" else 0.0
     out = Path(item["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
+    if stage != "build":
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
     ctx = fork_context([item["backend"]])
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(item, sender, str(out / LOG), os.getpid()), name=f"surgery-batch {item['model']}/{item['target']['name']}")
+    proc = ctx.Process(target=_child, args=(item, sender, str(out / LOG), os.getpid(), stage,
+                                            optimized["optimize"] if stage == "build" else None),
+                       name=f"surgery-batch {item['model']}/{item['target']['name']}")
     start = time.monotonic()
     proc.start()
     sender.close()
     outcome: tuple[str, dict[str, Any]] | None = None
-    deadline = start + timeout_s if timeout_s else None
+    deadline = start + max(timeout_s - spent, 0.0) if timeout_s else None
     try:
         while outcome is None:
             left = None if deadline is None else deadline - time.monotonic()
@@ -117,7 +130,13 @@ def execute_item(item: dict[str, Any], timeout_s: float | None, stop: threading.
         proc.join()
         receiver.close()
     status, body = outcome
-    record = make_record(item, body.pop("status", status), round(time.monotonic() - start, 3), timeout_s, **body)
+    seconds = round(spent + time.monotonic() - start, 3)
+    if stage == "build":
+        body["cpu_s"] = round(body.get("cpu_s", 0.0) + optimized["cpu_s"], 3)
+        body["optimize_seconds"] = optimized["seconds"]
+    if stage == "optimize" and status == "done":
+        return {"partial": "optimize", "optimize": body["optimize"], "seconds": seconds, "cpu_s": body["cpu_s"]}
+    record = make_record(item, body.pop("status", status), seconds, timeout_s, **body)
     write_json(out / RECORD, record)
     return record
 
@@ -168,14 +187,15 @@ def _die_with(pid: int) -> None:
     threading.Thread(target=watch, name="surgery-batch-watch", daemon=True).start()
 
 
-def _child(item: dict[str, Any], sender: Any, log_path: str, waiter: int) -> None:
+def _child(item: dict[str, Any], sender: Any, log_path: str, waiter: int, stage: str,
+           optimize: dict[str, Any] | None) -> None:
     _die_with(waiter)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch, which stops its items (not recorded)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if stage == "build" else os.O_TRUNC), 0o644)
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log, 1), os.dup2(log, 2)
     try:
-        sender.send(("done", {**run_item(item), "cpu_s": _cpu_seconds()}))
+        sender.send(("done", {**run_item(item, stage, optimize), "cpu_s": _cpu_seconds()}))
     except Exception as exc:  # a user error (bad shapes for this model), a failed pass, a bug: this item only
         from surgery.errors import SurgeryError
 
@@ -193,14 +213,15 @@ def _cpu_seconds() -> float:
     return round(sum(u.ru_utime + u.ru_stime for u in usage), 3)
 
 
-def run_item(item: dict[str, Any]) -> dict[str, Any]:
-    """The ``run`` pipeline on one model for one target, in this process; returns the verdict."""
+def run_item(item: dict[str, Any], stage: str = "all", optimize: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``run`` pipeline on one model for one target, in this process: all of it (returns the verdict), its
+    optimize stage (returns ``{"optimize": report}``) or the rest after it (``optimize``: that report; the verdict)."""
     import logging
 
     import onnxruntime
 
     import passes  # noqa: F401  (registers passes and presets)
-    from converter.pipeline import RunOptions, run_pipeline
+    from converter.pipeline import RunOptions, run_after_optimize, run_optimize, run_pipeline
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     onnxruntime.set_default_logger_severity(3)
@@ -209,8 +230,11 @@ def run_item(item: dict[str, Any]) -> dict[str, Any]:
     opts = RunOptions(backend=target["backend"], preset=target["preset"], emit=target["emit"],
                       precision=None if target["precision"] == "fp32" else target["precision"], spec=spec,
                       shapes=shapes_for(target["profile"], Path(item["path"]), spec), atol=None, rtol=None)
-    result = run_pipeline(item["path"], item["out_dir"], opts)
-    return verdict(result.report)
+    if stage == "optimize":
+        return {"optimize": run_optimize(item["path"], item["out_dir"], opts)}
+    if stage == "build":
+        return verdict(run_after_optimize(item["path"], item["out_dir"], opts, optimize or {}).report)
+    return verdict(run_pipeline(item["path"], item["out_dir"], opts).report)
 
 
 def shapes_for(profile: str | dict[str, Any], model_path: Path, spec: Path | None) -> argparse.Namespace:

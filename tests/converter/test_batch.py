@@ -308,6 +308,27 @@ def test_timeout_kills_the_item_and_is_recorded(tmp_path, capsys):
     assert "timeout" in capsys.readouterr().out
 
 
+@pytest.mark.trt
+def test_two_stages_give_the_record_one_stage_gives(tmp_path):
+    from converter.batch.worker import execute_item
+
+    zoo = _copy_samples(tmp_path / "zoo", names=(PASSING,))
+    item = next(i for i in _items(zoo, tmp_path / "out") if i.target.name == "fp16").to_json()
+    whole = execute_item(item, None)
+    partial = execute_item(item, None, stage="optimize")
+    assert partial["partial"] == "optimize" and partial["optimize"]["nodes_after"] == whole["nodes"][1]
+    assert not (Path(item["out_dir"]) / "item.json").exists()  # a partial result is no record
+    split = execute_item(item, None, stage="build", optimized=partial)
+    assert split["optimize_seconds"] == partial["seconds"] and split["seconds"] >= partial["seconds"]
+    assert split["cpu_s"] > partial["cpu_s"]
+    volatile = {"seconds", "cpu_s", "optimize_seconds"}
+    assert {k: v for k, v in split.items() if k not in volatile} == {k: v for k, v in whole.items() if k not in volatile}
+    assert json.loads((Path(item["out_dir"]) / "item.json").read_text()) == split
+    stopped = execute_item(item, 0.05, stage="optimize")  # a failed first stage is the item's record
+    assert stopped["status"] == "timeout" and "partial" not in stopped
+    assert execute_item(item, 0.05, stage="build", optimized=stopped) is stopped
+
+
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 def _statuses(out: Path) -> dict:
@@ -381,6 +402,8 @@ def test_batch_with_ray_local_gives_the_same_verdicts(tmp_path, capsys):
     assert _statuses(out) == EXPECTED
     run = json.loads((out / "summary.json").read_text())["run"]
     assert run["executor"] == "ray" and run["address"] == "local" and run["cluster"]["CPU"] == 2 and run["ran"] == 4
+    items = json.loads((out / "summary.json").read_text())["items"]
+    assert all(r["optimize_seconds"] > 0 for r in items)  # two tasks per item: optimize, then the rest
     capsys.readouterr()
     assert main(["batch", str(zoo), "-o", str(out), "--ray", "local", "--jobs", "2", "--resume"]) == 1
     assert "4 reused (--resume), 0 to run" in capsys.readouterr().out

@@ -63,13 +63,14 @@ class RayExecutor:
     def __init__(self, address: str, jobs: int | None, timeout_s: float | None, gpus_per_item: float = 1.0) -> None:
         self.address, self.jobs, self.timeout_s, self.gpus_per_item = address, jobs, timeout_s, gpus_per_item
         self.resources: dict[str, float] = {}
+        self.ray = import_ray()  # before any work: a missing Ray is a user error
 
     def describe(self) -> dict[str, Any]:
         return {"executor": "ray", "address": self.address, "jobs": self.jobs,
                 "cluster": {k: self.resources[k] for k in ("CPU", "GPU") if k in self.resources}}
 
     def run(self, items: Sequence[Item], on_done: OnDone) -> None:
-        ray = import_ray()
+        ray = self.ray
         started = self._init(ray)
         try:
             self.resources = dict(ray.cluster_resources())

@@ -100,7 +100,7 @@ class BatchProgress:
         self._clear()
         width = len(str(self.total))
         print(f"[{self.done:>{width}}/{self.total}] {record['status']:<7} {record['model']} {record['target']}  "
-              f"{record['seconds'] if record.get('seconds') is not None else '?'} s  {item_line(record)}", flush=True)
+              f"{format(record['seconds'], '.1f') if record.get('seconds') is not None else '?'} s  {item_line(record)}", flush=True)
         self._draw()
 
     def _clear(self) -> None:

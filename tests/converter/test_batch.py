@@ -189,6 +189,40 @@ def test_gpus_are_requested_only_where_a_cluster_has_them_and_tensorrt_builds():
     assert gpu_request(static, 2, 1) == 0
 
 
+def test_ray_missing_is_a_user_error_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    out = tmp_path / "out"
+    assert main(["batch", str(SAMPLES / f"{PASSING}.onnx"), "-o", str(out), "--ray", "local"]) == 2
+    assert "pip install 'onnx-surgery[ray]'" in capsys.readouterr().err and not out.exists()
+
+
+def test_progress_draws_a_bar_on_a_terminal_only(capsys, monkeypatch):
+    from converter.cli.batch import BatchProgress
+
+    class Terminal:
+        text = ""
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            Terminal.text += s
+
+        def flush(self):
+            pass
+
+    plain = BatchProgress(2)
+    plain.item(_record("m", "fp32", "crashed"))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    shown = BatchProgress(2, done=1)
+    shown.item({**_record("m", "fp16", "passed"), "equal": "passed", "builds": True, "validated": "skipped"})
+    shown.close()
+    assert "[" + "#" * 30 + "] 2/2 items, 0 not passed" in Terminal.text and Terminal.text.endswith("\r\033[K")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[2/2] passed  m fp16") and "engine built, engine run skipped" in lines[0]
+
+
 # ---- summary -------------------------------------------------------------------------------------------------
 
 def _record(model: str, target: str, status: str, ops=(), seconds=1.0) -> dict:

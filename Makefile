@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[rtx,dev]"
+	$(BIN)/pip install -q -e ".[rtx,dev,ray]"
 	@# The tensorrt-rtx wheel ships only libtensorrt_rtx.so.1, but its ONNX parser dlopens the unversioned
 	@# name when it imports a plugin node (and aborts without it): add the alias next to the library.
 	cd "$$($(BIN)/python -c 'import os, tensorrt_rtx_libs as m; print(os.path.dirname(m.__file__))')" && \

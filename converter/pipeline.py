@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 class RunOptions:
     backend: str = "auto"
     preset: str | None = None
+    emit: str = "onnx"
+    precision: str | None = None  # "fp16" / "bf16": the optimized model is converted (convert-precision)
     spec: Path | None = None
     build: BuildOptions = field(default_factory=BuildOptions)
     shapes: argparse.Namespace | None = None  # --input-shapes / --min/--opt/--max-shapes
@@ -56,6 +58,11 @@ def _full(loaded: Any) -> onnx.ModelProto:
 
 def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions, hooks: Sequence[PassHook] = ()) -> RunResult:
     """Run the four stages; every stage's outcome (or why it did not run) lands in the report."""
+    return run_after_optimize(model_path, out_dir, opts, run_optimize(model_path, out_dir, opts, hooks))
+
+
+def run_optimize(model_path: str | Path, out_dir: str | Path, opts: RunOptions, hooks: Sequence[PassHook] = ()) -> dict[str, Any]:
+    """The first stage (CPU only): DIR/model.opt.onnx; returns the optimize report ``run_after_optimize`` takes."""
     out = Path(out_dir)
     written = ("model.opt.onnx", "model.opt.onnx.data", "model.engine", "model.engine.build.log",
                "model.engine.layers.json", "report.json", "report.html")
@@ -64,8 +71,16 @@ def run_pipeline(model_path: str | Path, out_dir: str | Path, opts: RunOptions, 
     out.mkdir(exist_ok=True)
     preset = opts.preset or ("trt" if "trt" in list_presets() else "default")
     opt_path = out / "model.opt.onnx"
-    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec), hooks=hooks)
+    optimize = optimize_file(model_path, opt_path, OptimizeOptions(preset=preset, spec=opts.spec, emit=opts.emit,
+                                                                          precision=opts.precision), hooks=hooks)
     optimize["preset"] = preset
+    return optimize
+
+
+def run_after_optimize(model_path: str | Path, out_dir: str | Path, opts: RunOptions, optimize: dict[str, Any]) -> RunResult:
+    """check -> convert -> validate of DIR/model.opt.onnx (the stages a GPU serves), and the reports."""
+    out = Path(out_dir)
+    opt_path = out / "model.opt.onnx"
     backend = select_backend(opts.backend)
     spec_path = opts.spec or _sibling_spec(model_path)
     capability = check_model(opt_path, backend, spec_path=spec_path, shapes=opts.shapes, spec_for=model_path)

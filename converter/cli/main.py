@@ -26,6 +26,7 @@ COMMANDS = {
     "run": ("converter.cli.run", "optimize -> check -> convert -> validate, with one report."),
     "partition": ("converter.cli.partition", "Split a model into TensorRT-supported and unsupported partitions."),
     "run-partitioned": ("converter.cli.run_partitioned", "Run partitions in order (TensorRT where it runs, else onnxruntime)."),
+    "batch": ("converter.cli.batch", "run over many models x targets (local processes or Ray), with one summary."),
 }
 
 

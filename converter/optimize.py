@@ -11,6 +11,7 @@ from passes import presets
 from surgery.errors import UserInputError
 from surgery.io import load_model, save_model, to_graph, to_model
 from surgery.paths import check_outputs, model_files
+from surgery.provenance import SourceMap, source_map
 from converter.runtime.numerics import InputSpec, load_spec, spec_from_model
 from surgery.pass_base import PassContext
 from surgery.pass_manager import PassHook, PassManager
@@ -107,6 +108,8 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
     model = to_model(graph, like=loaded.model)
     save_model(model, dst, source_dir=loaded.base_dir, external=opts.external_data,
                protect=None if opts.in_place else loaded.path)
+    passes = report.to_json()
+    add_sources(passes["passes"], SourceMap({**source_map(model).sources, **source_map(loaded.model).sources}))
     return {
         "input": str(loaded.path),
         "output": str(dst.resolve()),
@@ -116,5 +119,19 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
         "load_notes": loaded.notes,
         "nodes_before": nodes_before,
         "nodes_after": len(model.graph.node),
-        **report.to_json(),
+        **passes,
     }
+
+
+def add_sources(records: list[dict[str, Any]], sources: SourceMap) -> None:
+    """Give explained sites a ``source`` and passes whose notes name nodes ``note_sources`` (name -> source)."""
+    if not len(sources):
+        return
+    for record in records:
+        for site in record.get("sites", []):
+            found = sources.json(site["site"])
+            if found:
+                site["source"] = found
+        named = sorted({name for note in record["notes"] for name in sources.mentioned(note)})
+        if named:
+            record["note_sources"] = {name: sources.json(name) for name in named}

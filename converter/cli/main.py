@@ -25,6 +25,7 @@ COMMANDS = {
     "run": ("converter.cli.run", "optimize -> check -> convert -> validate, with one report."),
     "partition": ("converter.cli.partition", "Split a model into TensorRT-supported and unsupported partitions."),
     "run-partitioned": ("converter.cli.run_partitioned", "Run partitions in order (TensorRT where it runs, else onnxruntime)."),
+    "reduce": ("converter.cli.reduce", "Cut a failing model down to a minimal subgraph that fails the same way."),
 }
 
 

@@ -25,6 +25,7 @@ import onnx
 
 from converter.trt.backends import Backend, make_logger, polygraphy_trt
 from surgery.errors import UserInputError
+from surgery.provenance import source_map
 from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, low_precision, ort_runnable,
                               precision_tolerance, random_feeds, run_ort)
 
@@ -60,7 +61,7 @@ class ValidationReport:
     rtol: float
     outputs: list[OutputResult] = field(default_factory=list)
     skipped: str = ""
-    first_divergence: dict[str, str] | None = None
+    first_divergence: dict[str, Any] | None = None
     intermediates_compared: int = 0
     tolerance: str = ""  # which tolerance and why
     upcast: str = ""  # how the candidate was upcast to float32 for onnxruntime ('' when it ran as it is)
@@ -182,6 +183,9 @@ def validate_onnx(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds:
             if bad:
                 report.first_divergence = {"node": node.name, "op": node.op_type, "tensor": bad[0],
                                            "detail": diffs[bad[0]].describe()}
+                source = source_map(reference).json(node.name)
+                if source:
+                    report.first_divergence["source"] = source
                 break
     return report
 

@@ -24,11 +24,14 @@ from converter.trt import remedies
 from converter.trt.backends import Backend, make_logger
 from converter.runtime.partitions import Partition, find_partitions, infer_value_infos, save_partitions, submodel
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
+from converter.runtime.numerics import InputSpec
+from converter.runtime.specs import resolve_spec
 from converter.trt.static_support import classify as static_classify
 from converter.plugins.trt import register_python_plugins
 from converter.trt.raw import attribute_build_error, build_check_isolated, create_network
-from surgery.errors import ConversionError, UserInputError
+from surgery.errors import ConversionError, SurgeryError, UserInputError
 from surgery.io import load_model
+from surgery.provenance import Source, source_map
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class NodeStatus:
     reason: str = ""
     remedy: str = ""
     detail: str = ""
+    source: Source | None = None  # where the exporter says the node came from
 
     def mark(self, status: str, kind: str, reason: str, detail: str = "") -> None:
         self.status, self.kind, self.reason, self.detail = status, kind, reason, detail
@@ -54,6 +58,8 @@ class NodeStatus:
             out["domain"] = self.domain
         if self.detail:
             out["detail"] = self.detail
+        if self.source is not None:
+            out["source"] = self.source.to_json()
         return out
 
 
@@ -68,11 +74,15 @@ class BuildOutcome:
     kind: str = ""  # why it failed: "build-failure", "profile" (failed only under derived shapes), ...
     profile: dict[str, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)  # input -> min, opt, max
     profile_source: str = ""  # "--input-shapes", "--min/--opt/--max-shapes", "spec file PATH", "derived from the model"
+    reduced: dict[str, Any] | None = None  # a failure that named no node, reduced to a minimal subgraph (or why not)
 
     def to_json(self) -> dict[str, Any]:
-        return {"attempted": self.attempted, "ok": self.ok, "kind": self.kind, "error": self.error, "nodes": self.nodes,
-                "profile": {"source": self.profile_source,
-                            "shapes": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in self.profile.items()}}}
+        out = {"attempted": self.attempted, "ok": self.ok, "kind": self.kind, "error": self.error, "nodes": self.nodes,
+               "profile": {"source": self.profile_source,
+                           "shapes": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in self.profile.items()}}}
+        if self.reduced is not None:
+            out["reduced"] = self.reduced
+        return out
 
 
 @dataclass
@@ -121,16 +131,19 @@ def load_plugins(trt: ModuleType | None, libraries: Sequence[str | Path], logger
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
                 plugins: Sequence[str | Path] = (), static_target: str | None = None,
                 save_dir: str | Path | None = None, decomposable_attention: bool = False,
-                shapes: argparse.Namespace | None = None, spec_for: str | Path | None = None) -> CapabilityReport:
+                shapes: argparse.Namespace | None = None, spec_for: str | Path | None = None,
+                reduce: bool = True) -> CapabilityReport:
     """Classify every node of the model at ``path`` and group them into partitions.
 
     ``shapes`` carries the shape options (``--input-shapes``, ``--min/--opt/--max-shapes``); without
     them the build profile comes from ``spec_path`` (else the sibling spec of ``spec_for`` or ``path``)
-    or is derived from the model.
+    or is derived from the model. With ``reduce``, a build failure whose message names no node is
+    reduced to a minimal failing subgraph (``converter.reduce``), whose nodes are then the ones blamed.
     """
     loaded = load_model(path)
     model = loaded.model
-    nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
+    sources = source_map(model)
+    nodes = [NodeStatus(n.name, n.op_type, n.domain, source=sources.get(n.name)) for n in model.graph.node]
     outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
     if backend.is_library:
         trt = backend.module
@@ -141,7 +154,8 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
             args = argparse.Namespace(**vars(shapes or argparse.Namespace()))
             args.spec = spec_path or getattr(args, "spec", None)
             choice = profiles_for(model, spec_for or path, args)
-            outcome = _build(trt, model, str(loaded.path), choice, nodes, decomposable_attention)
+            specs = choice.opt_specs(resolve_spec(model, spec_for or path, args.spec)) if reduce else None
+            outcome = _build(trt, model, str(loaded.path), choice, nodes, decomposable_attention, specs)
         elif build:
             outcome.error = "skipped: the parser rejected some nodes"
     else:
@@ -221,7 +235,8 @@ def _parse_nodes(trt: ModuleType, logger: Any, model: onnx.ModelProto, path: str
 
 
 def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileChoice, nodes: list[NodeStatus],
-           decomposable_attention: bool = False) -> BuildOutcome:
+           decomposable_attention: bool = False, specs: list[InputSpec] | None = None) -> BuildOutcome:
+    """The check build; a failure that names no node is reduced when ``specs`` (the opt point's inputs) are given."""
     data = model.SerializeToString()
     try:
         ok, error, layers = build_check_isolated(trt, data, path, choice.profiles, decomposable_attention)
@@ -241,11 +256,31 @@ def _build(trt: ModuleType, model: onnx.ModelProto, path: str, choice: ProfileCh
                                       "give the shapes you deploy with --input-shapes or --min/--opt/--max-shapes")
     names = attribute_build_error(error, layers, {n.name: n.op for n in nodes})
     reason = remedies.translate(error, "")
+    reduced = None
+    if not names and specs is not None:
+        names, reduced = _reduce(trt, model, path, specs, decomposable_attention)
     for n in nodes:
         if n.name in names:
-            n.mark("unsupported", "build-failure", "the engine build failed here: " + reason, error[:2000])
+            where = ("the engine build fails on the minimal subgraph that holds this node" if reduced else
+                     "the engine build failed here")
+            n.mark("unsupported", "build-failure", f"{where}: {reason}", error[:2000])
     return BuildOutcome(attempted=True, ok=False, kind="build-failure", error=reason if names else error[:2000],
-                        nodes=sorted(names), **shown)
+                        nodes=sorted(names), reduced=reduced, **shown)
+
+
+def _reduce(trt: ModuleType, model: onnx.ModelProto, path: str, specs: list[InputSpec],
+            decomposable_attention: bool) -> tuple[set[str], dict[str, Any]]:
+    """Blame the non-constant nodes of the minimal failing subgraph; the reduction's summary (or why there is none)."""
+    from converter.reduce.reducer import reduce_trt_failure
+
+    log.info("the build failure names no node: reducing the model to a minimal failing subgraph")
+    try:
+        result = reduce_trt_failure(trt, model, path, "build", specs, decomposable_attention=decomposable_attention)
+    except SurgeryError as exc:  # the failure did not reproduce at the opt point, or not deterministically
+        return set(), {"error": str(exc)}
+    summary = result.to_json()
+    blamed = {n["name"] for n in summary["nodes"] if n["op"] != "Constant"}
+    return blamed, {k: summary[k] for k in ("nodes", "nodes_before", "nodes_after", "probes", "shapes", "notes", "basis")}
 
 
 def _postprocess(backend: Backend, model: onnx.ModelProto, nodes: list[NodeStatus]) -> None:

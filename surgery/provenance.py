@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 import onnx
 
@@ -148,9 +148,10 @@ def from_metadata(props: dict[str, str]) -> Source | None:
                   parse_stack(props.get(STACK_TRACE, "")))
 
 
-def from_name(name: str, producer: str) -> Source | None:
-    """The scope a TorchScript or tf2onnx node name carries, or None for an unscoped name."""
-    if "/" not in name:
+def from_name(name: str, producer: str, passes: Collection[str] | None = None) -> Source | None:
+    """The scope a TorchScript or tf2onnx node name carries, or None for an unscoped name or one a pass
+    gave (``<pass>/<n>``; ``passes``: the registered pass names, looked up when not given)."""
+    if "/" not in name or name.split("/", 1)[0] in (_pass_names() if passes is None else passes):
         return None
     scope = name.rsplit("/", 1)[0]
     if producer == "pytorch" and name.startswith("/"):
@@ -160,19 +161,25 @@ def from_name(name: str, producer: str) -> Source | None:
     return Source("node-name scope", scope)
 
 
+def _pass_names() -> set[str]:
+    from surgery.registry import list_passes
+
+    return {p.name for p in list_passes()}
+
+
 def _props(node: onnx.NodeProto) -> dict[str, str]:
     return {p.key: p.value for p in node.metadata_props}
 
 
 def source_map(model: onnx.ModelProto) -> SourceMap:
     """The source of every node of ``model``'s main graph that has one."""
-    producer = model.producer_name
+    producer, passes = model.producer_name, _pass_names()
     nodes = list(model.graph.node)
     out: dict[str, Source] = {}
     for node in nodes:
         props = _props(node)
         origin = props.get(DERIVED_FROM, "")  # a rewritten node's own name is the pass's, not the exporter's
-        src = from_metadata(props) or from_name(origin or node.name, producer)
+        src = from_metadata(props) or from_name(origin or node.name, producer, passes)
         if src is not None and origin:
             src = Source(src.origin, src.module, src.classes, src.frames, via=f"replaced {origin}")
         if src is not None:

@@ -19,7 +19,7 @@ import numpy as np
 from converter.cli.args import add_backend_argument, add_plugin_arguments, add_seed_argument, add_shape_arguments
 from converter.reduce import ReduceResult, reduce_model
 from converter.reduce.probes import AccuracyProbe, EngineSkipped, Probe, engine_runner
-from converter.reduce.reducer import first_divergent, reduce_trt_failure, tensor_values
+from converter.reduce.reducer import first_divergent, observed_values, reduce_trt_failure, tensor_values
 from converter.runtime.specs import resolve_spec
 from converter.runtime.validate import choose_tolerance, make_feeds
 from converter.trt.backends import require_library, select_backend
@@ -90,7 +90,9 @@ def _reduce(args: argparse.Namespace, loaded: LoadedModel, reference: LoadedMode
         if reference is not None:
             probe: Probe = AccuracyProbe(expected, tolerance)
             seeds = first_divergent(model, expected, feeds, tolerance)
-            values = tensor_values(model, feeds)
+            values, note = observed_values(model, feeds)  # types the cuts; onnxruntime may refuse the candidate
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         else:
             backend = select_backend(args.backend)
             require_library(backend, "reduce --mode accuracy without --reference")

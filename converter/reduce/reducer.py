@@ -118,9 +118,9 @@ def reduce_model(model: onnx.ModelProto, probe: Probe, shapes: dict[str, list[in
     kept = minimize(search, cuts.searchable, candidates)
     reduced = cuts.cut(kept)
     again = probe(reduced)
-    if again is None or not same(again):  # a probe that answers differently for the same model: say so, never claim a result
-        raise SurgeryError("the reduced model no longer fails the same way when probed again; the failure is not "
-                           f"deterministic (first seen: {target.message[:200]})")
+    if again is None or not same(again):  # never claim a result the probe does not confirm
+        raise SurgeryError("the reduced model does not fail the same way when probed on its own (the failure is "
+                           f"not deterministic, or only the whole model shows it): {target.message[:200]}")
     return ReduceResult(probe.mode, reduced, target, again, len(model.graph.node), search.probes, dict(shapes),
                         fail_regex)
 

@@ -16,6 +16,7 @@ from surgery.paths import check_outputs, model_files
 from converter.runtime.numerics import PRECISION_TOLERANCES, InputSpec, load_spec, spec_from_model
 from converter.runtime.quantize import MODES as QUANT_MODES, QuantizeOptions
 from surgery.pass_base import Pass, PassContext, PassResult
+from surgery.provenance import SourceMap, source_map
 from surgery.pass_manager import PassHook, PassManager
 from surgery.registry import list_passes, parse_pipeline, preset_pipeline
 from converter.runtime.validate_each import NumericGuard
@@ -134,6 +135,8 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
         save_graph(graph, dst, like=loaded.model, source_dir=loaded.base_dir, external=external,
                    protect=protect, keep_external=loaded.external_names)
         nodes_after = len(graph.nodes)
+    # the sites and notes name the input's nodes (a fused node's site is the first node it replaced)
+    add_sources(pipeline["passes"], source_map(loaded.model))
     return {
         "input": str(loaded.path),
         "output": str(dst.resolve()),
@@ -199,3 +202,17 @@ def _quantize(model: onnx.ModelProto, loaded: Any, quant: QuantizeOptions, specs
                          "nodes": {n: d.to_json() for n, d in result.decisions.items()}, "validation": result.validation},
         "precision": precision_report(result.model, quant.mode, decisions=result.decisions),
     }
+
+
+def add_sources(records: list[dict[str, Any]], sources: SourceMap) -> None:
+    """Give explained sites a ``source`` and passes whose notes name nodes ``note_sources`` (name -> source)."""
+    if not len(sources):
+        return
+    for record in records:
+        for site in record.get("sites", []):
+            found = sources.json(site["site"])
+            if found:
+                site["source"] = found
+        named = sorted({name for note in record["notes"] for name in sources.mentioned(note)})
+        if named:
+            record["note_sources"] = {name: sources.json(name) for name in named}

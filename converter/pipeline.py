@@ -110,24 +110,40 @@ def run_after_optimize(model_path: str | Path, out_dir: str | Path, opts: RunOpt
                                             "outputs": []}
     ok = (validation["optimized_vs_original"]["status"] == "passed" and capability.supported
           and validation["engine_vs_original"]["status"] != "failed" and engine.get("error") is None)
-    report = _assemble_report(model_path, backend.describe(), optimize, capability.to_json(), engine, validation, ok)
+    latency = _latency(engine, backend, feeds)
+    report = _assemble_report(model_path, backend.describe(), optimize, capability.to_json(), engine, validation, ok,
+                              latency)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.html").write_text(run_html(report, capability))
     return RunResult(report, capability, ok)
 
 
 def _assemble_report(model_path: str | Path, backend: dict[str, str], optimize: dict[str, Any], check: dict[str, Any],
-                     engine: dict[str, Any], validation: dict[str, Any], ok: bool) -> dict[str, Any]:
+                     engine: dict[str, Any], validation: dict[str, Any], ok: bool, latency: dict[str, Any]) -> dict[str, Any]:
     """report.json, verdict first: ok, supported, the check's build (with its profile), the engine, problem nodes
-    by kind and the validations; then the details (model, backend, optimize, the full check)."""
+    by kind, the validations and the latency; then the details (model, backend, optimize, the full check)."""
     return {"ok": ok, "supported": check["supported"], "build": check["build"], "engine": engine,
-            "unsupported": check["unsupported"], "validation": validation,
+            "unsupported": check["unsupported"], "validation": validation, "latency": latency,
             "model": str(model_path), "backend": backend, "optimize": optimize, "check": check}
 
 
 def _only_attention_build_failures(capability: CapabilityReport) -> bool:
     failed = [n for n in capability.nodes if n.status != "supported"]
     return bool(failed) and all(n.kind == "build-failure" and n.op == "Attention" for n in failed)
+
+
+def _latency(engine: dict[str, Any], backend: Any, feeds: dict[str, Any]) -> dict[str, Any]:
+    """A short ``surgery bench`` of the engine (1 s after 200 ms of warm-up), or why there is none."""
+    from converter.runtime.validate import EngineSkipped
+    from converter.trt.bench import BenchOptions, bench_engine
+
+    if not engine.get("built"):
+        return {"status": "skipped", "skipped": f"no engine: {engine.get('reason', '')}"}
+    try:
+        result = bench_engine(backend, Path(engine["path"]).read_bytes(), feeds, BenchOptions(duration_s=1.0))
+    except EngineSkipped as exc:
+        return {"status": "skipped", "skipped": str(exc)}
+    return result.to_json()
 
 
 def _sibling_spec(model_path: str | Path) -> Path | None:

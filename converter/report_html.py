@@ -20,7 +20,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px;verti
 #verdict{border:2px solid #888;border-radius:8px;padding:0 1em 1em;margin-bottom:2em}
 #verdict.good{border-color:#2e7d32;background:#f1f8f1}#verdict.bad{border-color:#c62828;background:#fdf1f1}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}h2{margin-top:1.5em}summary{cursor:pointer}
-td.names{font-family:monospace;font-size:12px;word-break:break-all}"""
+td.names{font-family:monospace;font-size:12px;word-break:break-all}td.source{font-family:monospace;font-size:12px}"""
 _NAMES_SHOWN = 6  # problem node names listed per kind in the terminal summary
 
 
@@ -183,14 +183,25 @@ def partitions_section(parts: Sequence[Partition]) -> str:
             f"<th>nodes</th></tr>{_partition_rows(parts)}</table>")
 
 
+def source_cell(source: Any) -> str:
+    """A node's source: the short line, the full stack (where recorded) unfolding below it."""
+    if source is None:
+        return '<td class="source"></td>'
+    frames = "".join(f"{_e(f.file)}:{f.line} in {_e(f.function)}\n    {_e(f.code)}\n" for f in source.frames)
+    stack = f"<details><summary>stack</summary><pre>{frames}</pre></details>" if frames else ""
+    return f'<td class="source">{_e(source.line())}{stack}</td>'
+
+
 def _node_rows(nodes: Sequence[Any]) -> str:
     return "".join(f'<tr><td>{_e(n.name)}</td><td>{_e(n.op)}</td><td class="{_e(n.status)}">{_e(n.status)}</td>'
-                   f"<td>{_e(n.kind)}</td><td>{_e(n.reason)}</td><td>{_e(n.remedy)}</td></tr>" for n in nodes)
+                   f"<td>{_e(n.kind)}</td><td>{_e(n.reason)}</td><td>{_e(n.remedy)}</td>{source_cell(n.source)}</tr>"
+                   for n in nodes)
 
 
 def nodes_section(report: CapabilityReport) -> str:
     """Problem nodes in a table; the supported ones collapsed."""
-    head = "<tr><th>node</th><th>op</th><th>status</th><th>kind</th><th>reason</th><th>remedy</th></tr>"
+    head = ("<tr><th>node</th><th>op</th><th>status</th><th>kind</th><th>reason</th><th>remedy</th>"
+            "<th>source</th></tr>")
     bad = [n for n in report.nodes if n.status != "supported"]
     good = [n for n in report.nodes if n.status == "supported"]
     out = "<h2>Nodes</h2>" + (f'<table class="problem-nodes">{head}{_node_rows(bad)}</table>' if bad else "<p>no problem nodes</p>")

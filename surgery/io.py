@@ -27,6 +27,7 @@ from surgery.normalize import MIN_IR_VERSION, normalize
 from surgery.weights import (WEIGHT_BYTES, ExternalValues, Skeleton, graph_constants, skeleton_of_model, standin_index,
                              standing_in, standins_as_inputs)
 from surgery.writer import EXTERNAL_MIN_BYTES
+from surgery.provenance import carry_metadata
 
 gs_compat.install()
 
@@ -125,7 +126,8 @@ def to_graph(loaded: LoadedModel | onnx.ModelProto) -> gs.Graph:
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
-    """Export a graph, keeping the original model's metadata and a readable IR version."""
+    """Export a graph, keeping the original model's metadata (its nodes' too: ``carry_metadata``) and a
+    readable IR version."""
     model = gs.export_onnx(graph, do_type_check=False)
     if like is not None:
         for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -138,6 +140,7 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
                 model.opset_import.append(o)
         functions = {(f.domain, f.name) for f in model.functions}
         model.functions.extend(f for f in like.functions if (f.domain, f.name) not in functions)
+        carry_metadata(model, like)  # gs drops node metadata_props: the exporter's source traces
     ir = min(model.ir_version, MAX_IR_VERSION) if model.ir_version else MAX_IR_VERSION
     model.ir_version = max(ir, MIN_IR_VERSION)
     for t in _all_tensors(model):

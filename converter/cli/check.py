@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     parser.add_argument("--save-partitions", metavar="DIR", help="save each partition as an ONNX model")
     parser.add_argument("--all-nodes", action="store_true", help="list supported nodes too")
+    parser.add_argument("--no-reduce", action="store_true",
+                        help="do not reduce a build failure that names no node to a minimal failing subgraph")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     backend = select_backend(args.backend)
     report = check_model(args.model, backend, build=not args.no_build, spec_path=args.spec, plugins=args.plugins,
                          decomposable_attention=args.decomposable_attention,
-                         static_target=args.static_target, save_dir=args.save_partitions, shapes=args)
+                         static_target=args.static_target, save_dir=args.save_partitions, shapes=args,
+                         reduce=not args.no_reduce)
     print(render_table(report, all_nodes=args.all_nodes))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_json(), indent=1))
@@ -67,6 +70,8 @@ def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
             lines.append(f"{n.name[:40]:<{w_name}}  {n.op:<{w_op}}  {n.status:<11}  {n.reason}")
             if n.remedy:
                 lines.append(f"{'':<{w_name}}  {'':<{w_op}}  {'':<11}  remedy: {n.remedy}")
+            if n.source is not None:
+                lines.append(f"{'':<{w_name}}  {'':<{w_op}}  {'':<11}  source: {n.source.line()}")
     lines.append("")
     lines.append(f"partitions {len(report.partitions)}")
     for p in report.partitions:
@@ -76,6 +81,10 @@ def render_table(report: CapabilityReport, all_nodes: bool = False) -> str:
         lines.append("")
         lines += [f"Q/DQ    {line}" for line in report.qdq["summary"]]
     bo = report.build
+    if bo.reduced:
+        kept = [n["name"] for n in bo.reduced.get("nodes", [])]
+        lines.append(f"reduced the failing build to {len(kept)} node(s) in {bo.reduced['probes']} probe(s): {', '.join(kept)}"
+                     if kept else f"could not reduce the failing build: {bo.reduced.get('error', '')}")
     recap = f"build {build_text(bo.to_json())}" + (f"; profile {describe_profile(bo.profile)}" if bo.profile else "")
     lines.append(f"result  {'SUPPORTED' if report.supported else 'NOT SUPPORTED'}  ({recap})")
     return "\n".join(lines)

@@ -1,14 +1,23 @@
-"""``surgery inspect MODEL [--json]``: what is in a model."""
+"""``surgery inspect MODEL|ENGINE [--json]``: what is in a model, or in an engine (TensorRT's engine
+inspector; exit 3 with TensorRT's reason where the engine cannot be deserialized here)."""
 from __future__ import annotations
 
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
 import onnx
 from onnx import external_data_helper as ext
 
 from surgery.io import load_model
+
+
+def _is_onnx(path: Path) -> bool:
+    try:
+        return onnx.load_model(str(path), load_external_data=False).HasField("graph")
+    except Exception:
+        return False
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
@@ -51,11 +60,16 @@ def describe(path: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("model", help="ONNX model, or a TensorRT engine")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--backend", default="auto", help="for an engine: which TensorRT deserializes it (default: auto)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.model).is_file() and Path(args.model).suffix.lower() != ".onnx" and not _is_onnx(Path(args.model)):
+        from converter.cli.inspect_engine import inspect_engine
+
+        return inspect_engine(args.model, args.backend, args.json)
     info = describe(args.model)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -27,6 +27,8 @@ COMMANDS = {
     "partition": ("converter.cli.partition", "Split a model into TensorRT-supported and unsupported partitions."),
     "run-partitioned": ("converter.cli.run_partitioned", "Run partitions in order (TensorRT where it runs, else onnxruntime)."),
     "batch": ("converter.cli.batch", "run over many models x targets (local processes or Ray), with one summary."),
+    "reduce": ("converter.cli.reduce", "Cut a failing model down to a minimal subgraph that fails the same way."),
+    "bench": ("converter.cli.bench", "Time an engine (or a model, built first): latency percentiles and throughput."),
 }
 
 

@@ -126,9 +126,13 @@ def _print_summary(report: dict) -> None:
         print(f"  {r['name']:<{width}} changed={r['changed']:<4}{sweep} {stats}")
         for note in r["notes"]:
             print(f"  {'':<{width}}   note: {note}")
+        for name, source in r.get("note_sources", {}).items():
+            print(f"  {'':<{width}}     {name}: {source['line']}")
         for site in r.get("sites", []):
             reason = f": {site['reason']}" if site["reason"] else ""
             print(f"  {'':<{width}}   {site['site']}: {site['outcome']}{reason}")
+            if site.get("source"):
+                print(f"  {'':<{width}}     source: {site['source']['line']}")
     if report.get("precision"):
         from converter.precision_report import render_summary
 

@@ -39,5 +39,9 @@ def run(args: argparse.Namespace) -> int:
     for name, val in r["validation"].items():
         extra = f" ({val['skipped']})" if val.get("skipped") else ""
         print(f"validate   {name}: {val['status']}{extra}")
+    lat = r["latency"]
+    print(f"latency    " + (f"skipped ({lat['skipped']})" if lat["status"] == "skipped" else
+                            f"median {lat['gpu_compute_ms']['median']:.4f} ms GPU, p99 {lat['gpu_compute_ms']['p99']:.4f} ms, "
+                            f"{lat['throughput_qps']:.1f} qps"))
     print(f"report     {Path(args.output) / 'report.json'}, {Path(args.output) / 'report.html'}")
     return 0 if result.ok else 1

@@ -140,5 +140,7 @@ def render(report: ValidationReport) -> str:
     if report.first_divergence:
         fd = report.first_divergence
         lines.append(f"first divergence: node '{fd['node']}' ({fd['op']}), tensor {fd['detail']}")
+        if fd.get("source"):
+            lines.append(f"                  source: {fd['source']['line']}")
     lines.append(f"result {report.status.upper()}")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ import onnx
 from converter.trt.backends import Backend, polygraphy_trt
 from converter.trt.refit import deserialize_engine
 from surgery.errors import UserInputError
+from surgery.provenance import source_map
 from surgery.verify import weightless
 from converter.runtime.numerics import (InputSpec, OutputDiff, Tolerance, cast_feeds, compare, is_classifier_output,
                                        low_precision, ort_runnable, precision_tolerance, quantized_precision,
@@ -64,7 +65,7 @@ class ValidationReport:
     rtol: float
     outputs: list[OutputResult] = field(default_factory=list)
     skipped: str = ""
-    first_divergence: dict[str, str] | None = None
+    first_divergence: dict[str, Any] | None = None
     intermediates_compared: int = 0
     tolerance: str = ""  # which tolerance and why
     upcast: str = ""  # how the candidate was upcast to float32 for onnxruntime ('' when it ran as it is)
@@ -193,6 +194,9 @@ def validate_onnx(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds:
             if bad:
                 report.first_divergence = {"node": node.name, "op": node.op_type, "tensor": bad[0],
                                            "detail": diffs[bad[0]].describe()}
+                source = source_map(reference).json(node.name)
+                if source:
+                    report.first_divergence["source"] = source
                 break
     return report
 

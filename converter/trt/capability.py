@@ -20,6 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Sequence
 
 import onnx
@@ -33,6 +34,10 @@ from converter.trt.isolate import ChildCrash, call_in_child, checkpoint
 from converter.trt.profiles import ProfileChoice, describe_profile, profiles_for
 from converter.trt.qdq import has_qdq, qdq_report
 from surgery.io import LoadedModel, load_model
+from converter.runtime.numerics import InputSpec
+from converter.runtime.specs import resolve_spec
+from surgery.errors import SurgeryError
+from surgery.provenance import Source, source_map
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ class NodeStatus:
     reason: str = ""
     remedy: str = ""
     detail: str = ""
+    source: Source | None = None  # where the exporter says the node came from
 
     def mark(self, status: str, kind: str, reason: str, detail: str = "") -> None:
         self.status, self.kind, self.reason, self.detail = status, kind, reason, detail
@@ -58,6 +64,8 @@ class NodeStatus:
             out["domain"] = self.domain
         if self.detail:
             out["detail"] = self.detail
+        if self.source is not None:
+            out["source"] = self.source.to_json()
         return out
 
 
@@ -72,11 +80,15 @@ class BuildOutcome:
     kind: str = ""  # why it failed: "build-failure", "profile" (failed only under derived shapes), ...
     profile: dict[str, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)  # input -> min, opt, max
     profile_source: str = ""  # "--input-shapes", "--min/--opt/--max-shapes", "spec file PATH", "derived from the model"
+    reduced: dict[str, Any] | None = None  # a failure that named no node, reduced to a minimal subgraph (or why not)
 
     def to_json(self) -> dict[str, Any]:
-        return {"attempted": self.attempted, "ok": self.ok, "kind": self.kind, "error": self.error, "nodes": self.nodes,
-                "profile": {"source": self.profile_source,
-                            "shapes": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in self.profile.items()}}}
+        out = {"attempted": self.attempted, "ok": self.ok, "kind": self.kind, "error": self.error, "nodes": self.nodes,
+               "profile": {"source": self.profile_source,
+                           "shapes": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in self.profile.items()}}}
+        if self.reduced is not None:
+            out["reduced"] = self.reduced
+        return out
 
 
 @dataclass
@@ -114,17 +126,21 @@ class CapabilityReport:
 def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_path: str | Path | None = None,
                 plugins: Sequence[str | Path] = (), static_target: str | None = None,
                 save_dir: str | Path | None = None, decomposable_attention: bool = False,
-                shapes: argparse.Namespace | None = None, spec_for: str | Path | None = None) -> CapabilityReport:
+                shapes: argparse.Namespace | None = None, spec_for: str | Path | None = None,
+                reduce: bool = True) -> CapabilityReport:
     """Classify every node of the model at ``path`` and group them into partitions.
 
     ``shapes`` carries the shape options (``--input-shapes``, ``--min/--opt/--max-shapes``); without
     them the build profile comes from ``spec_path`` (else the sibling spec of ``spec_for`` or ``path``)
-    or is derived from the model.
+    or is derived from the model. With ``reduce``, a build failure whose message names no node is
+    reduced to a minimal failing subgraph (``converter.reduce``), whose nodes are then the ones blamed.
     """
     loaded = load_model(path)
     model = loaded.model
     qdq = None
-    nodes = [NodeStatus(n.name, n.op_type, n.domain) for n in model.graph.node]
+    sources = source_map(model)
+    nodes = [NodeStatus(n.name, n.op_type, n.domain, source=sources.get(n.name)) for n in model.graph.node]
+    specs: list[InputSpec] | None = None
     target = ("tensorrt-rtx" if backend.is_rtx else "tensorrt") if backend.is_library else (static_target or "tensorrt-rtx")
     facts = rules.node_facts(model, target, backend.module)
     outcome = BuildOutcome(error="" if backend.is_library else "the static backend cannot build engines")
@@ -138,9 +154,10 @@ def check_model(path: str | Path, backend: Backend, *, build: bool = True, spec_
             options = BuildOptions(profiles=choice.profiles, plugins=[str(p) for p in plugins],
                                    decomposable_attention=decomposable_attention)
             request = _BuildRequest(options, from_path=loaded.has_external_data)
+            specs = choice.opt_specs(resolve_spec(model, spec_for or path, args.spec)) if reduce else None
         probe = _parse_isolated(backend, model, str(loaded.path), nodes, target, [str(p) for p in plugins], request)
         if probe is not None:
-            outcome = _build(backend, loaded, options, choice, nodes, probe)
+            outcome = _build(backend, loaded, options, choice, nodes, probe, specs)
             if outcome.ok and has_qdq(model):
                 source = loaded.path if loaded.has_external_data else model.SerializeToString()
                 qdq = qdq_report(backend, model, source, options)
@@ -347,9 +364,11 @@ def _parse_nodes(backend: Backend, logger: Any, model: onnx.ModelProto, path: st
 
 
 def _build(backend: Backend, loaded: LoadedModel, options: BuildOptions, choice: ProfileChoice,
-           nodes: list[NodeStatus], probe: tuple[bool, str, list[dict[str, str]]]) -> BuildOutcome:
+           nodes: list[NodeStatus], probe: tuple[bool, str, list[dict[str, str]]],
+           specs: list[InputSpec] | None = None) -> BuildOutcome:
     """The check's build (``probe``: convert's ``EngineBuild`` run in the parse's child); a failure is
-    attributed to nodes, or, over a derived profile, retried at its opt point."""
+    attributed to nodes, or, over a derived profile, retried at its opt point; a failure that names no node is
+    reduced to a minimal failing subgraph when ``specs`` (the opt point's inputs) are given."""
     ok, error, layers = probe
     shown = dict(profile=choice.first, profile_source=choice.source)
     if ok:
@@ -366,11 +385,31 @@ def _build(backend: Backend, loaded: LoadedModel, options: BuildOptions, choice:
                                       "give the shapes you deploy with --input-shapes or --min/--opt/--max-shapes")
     names = attribute_build_error(error, layers, {n.name: n.op for n in nodes})
     reason = rules.translate(error, "")
+    reduced = None
+    if not names and specs is not None:
+        names, reduced = _reduce(backend.module, loaded.model, str(loaded.path), specs, options.decomposable_attention)
     for n in nodes:
         if n.name in names:
-            n.mark("unsupported", "build-failure", "the engine build failed here: " + reason, error[:2000])
+            where = ("the engine build fails on the minimal subgraph that holds this node" if reduced else
+                     "the engine build failed here")
+            n.mark("unsupported", "build-failure", f"{where}: {reason}", error[:2000])
     return BuildOutcome(attempted=True, ok=False, kind="build-failure", error=reason if names else error[:2000],
-                        nodes=sorted(names), **shown)
+                        nodes=sorted(names), reduced=reduced, **shown)
+
+
+def _reduce(trt: ModuleType, model: onnx.ModelProto, path: str, specs: list[InputSpec],
+            decomposable_attention: bool) -> tuple[set[str], dict[str, Any]]:
+    """Blame the non-constant nodes of the minimal failing subgraph; the reduction's summary (or why there is none)."""
+    from converter.reduce.reducer import reduce_trt_failure
+
+    log.info("the build failure names no node: reducing the model to a minimal failing subgraph")
+    try:
+        result = reduce_trt_failure(trt, model, path, "build", specs, decomposable_attention=decomposable_attention)
+    except SurgeryError as exc:  # the failure did not reproduce at the opt point, or not deterministically
+        return set(), {"error": str(exc)}
+    summary = result.to_json()
+    blamed = {n["name"] for n in summary["nodes"] if n["op"] != "Constant"}
+    return blamed, {k: summary[k] for k in ("nodes", "nodes_before", "nodes_after", "probes", "shapes", "notes", "basis")}
 
 
 def attribute_build_error(error: str, layers: Sequence[dict[str, str]], node_ops: dict[str, str]) -> set[str]:

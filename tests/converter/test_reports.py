@@ -156,8 +156,9 @@ def test_run_report_json_opens_with_the_verdict(tmp_path):
     out = tmp_path / "run"
     assert main(["run", model, "-o", str(out), "--backend", "static"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert list(report)[:6] == ["ok", "supported", "build", "engine", "unsupported", "validation"]
-    assert list(report)[6:] == ["model", "backend", "optimize", "check"]
+    assert list(report)[:7] == ["ok", "supported", "build", "engine", "unsupported", "validation", "latency"]
+    assert list(report)[7:] == ["model", "backend", "optimize", "check"]
+    assert report["latency"] == {"status": "skipped", "skipped": "no engine: no TensorRT library installed (static backend)"}
     assert report["ok"] is True and report["supported"] is True and report["unsupported"] == []
     assert report["build"] == report["check"]["build"]
     assert list(report["check"])[:2] == ["supported", "build"]

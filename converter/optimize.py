@@ -11,7 +11,7 @@ from onnx import external_data_helper as ext
 from converter.precision_report import precision_report
 from passes import presets
 from surgery.errors import UserInputError
-from surgery.io import load_model, save_graph, save_model, to_graph, to_model
+from surgery.io import load_model, save_graph, save_model, to_graph, to_model, weightless_model
 from surgery.paths import check_outputs, model_files
 from converter.runtime.numerics import PRECISION_TOLERANCES, InputSpec, load_spec, spec_from_model
 from converter.runtime.quantize import MODES as QUANT_MODES, QuantizeOptions
@@ -135,8 +135,9 @@ def optimize_file(src: str | Path, dst: str | Path, opts: OptimizeOptions, hooks
         save_graph(graph, dst, like=loaded.model, source_dir=loaded.base_dir, external=external,
                    protect=protect, keep_external=loaded.external_names)
         nodes_after = len(graph.nodes)
-    # the sites and notes name the input's nodes (a fused node's site is the first node it replaced)
-    add_sources(pipeline["passes"], source_map(loaded.model))
+    # sites and notes name the input's nodes and the ones the passes made (those carry their sources' metadata)
+    made = source_map(weightless_model(graph, like=loaded.model)).sources
+    add_sources(pipeline["passes"], SourceMap({**made, **source_map(loaded.model).sources}))
     return {
         "input": str(loaded.path),
         "output": str(dst.resolve()),

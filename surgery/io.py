@@ -151,11 +151,11 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
     return model
 
 
-def weightless_model(graph: gs.Graph) -> onnx.ModelProto:
+def weightless_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """``graph`` exported for the checker and shape inference: weights (external, or inline of at least
-    ``WEIGHT_BYTES``) become typed graph inputs; no weight is read or copied."""
+    ``WEIGHT_BYTES``) become typed graph inputs; no weight is read or copied. ``like`` as for ``to_model``."""
     with standing_in(graph, WEIGHT_BYTES):
-        model = to_model(graph)
+        model = to_model(graph, like=like)
     return standins_as_inputs(model)
 
 

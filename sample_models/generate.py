@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -43,19 +44,23 @@ log = logging.getLogger("sample_models")
 
 # --------------------------------------------------------------------------- helpers
 def finalize_model(path: Path) -> None:
-    """Embed external data, strip run-specific metadata, cap the IR version, re-save."""
+    """Embed external data, make node metadata machine-independent, cap the IR version, re-save."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=True)
     for ext in list(path.parent.glob(path.name + ".data")) + list(path.parent.glob(path.stem + ".onnx_data")):
         ext.unlink()
-    # Stack traces and source paths in node metadata differ between machines: drop them
-    # so regeneration is byte-for-byte reproducible and the files stay small.
+    # The dynamo exporter's node metadata maps each node to its module and source line, which the
+    # source-mapping tests need. Keep those keys, with file paths made relative (site-packages and
+    # repository prefixes dropped) so regeneration is reproducible across machines.
     graphs = [model.graph] + [f for f in model.functions]
     for g in graphs:
         for node in g.node:
             node.doc_string = ""
+            kept = [(p.key, _relative_paths(p.value)) for p in node.metadata_props if p.key in KEPT_NODE_METADATA]
             del node.metadata_props[:]
+            for key, value in kept:
+                node.metadata_props.add(key=key, value=value)
     model.graph.doc_string = ""
     del model.metadata_props[:]
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
@@ -63,6 +68,26 @@ def finalize_model(path: Path) -> None:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise RuntimeError(f"{path.name}: initializer {t.name} still external")
     onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+KEPT_NODE_METADATA = ("namespace", "pkg.torch.onnx.class_hierarchy", "pkg.torch.onnx.name_scopes",
+                      "pkg.torch.onnx.stack_trace")
+_FILE_RE = re.compile(r'File "([^"]+)"')
+
+
+def _relative_paths(text: str) -> str:
+    """``File "/x/site-packages/torch/nn/f.py"`` -> ``File "torch/nn/f.py"``; repo files relative to the repo."""
+    root = str(HERE.parent) + os.sep
+
+    def rel(m: re.Match) -> str:
+        name = m.group(1)
+        if "site-packages/" in name:
+            name = name.split("site-packages/", 1)[1]
+        elif name.startswith(root):
+            name = name[len(root):]
+        return f'File "{name}"'
+
+    return _FILE_RE.sub(rel, text)
 
 
 def _json_lines(key: str | None, items: list[dict[str, Any]]) -> str:

@@ -30,7 +30,8 @@ NAMESPACE = "namespace"
 DERIVED_FROM = "pkg.onnx_surgery.derived_from"  # the original node a rewritten node replaced
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
-_LIBRARY_PATH = re.compile(r"[/\\](torch|torch_onnx|onnxscript|transformers/utils)[/\\]")
+# torch's own frames, absolute ("/venv/site-packages/torch/...") or relative ("torch/nn/...")
+_LIBRARY_PATH = re.compile(r"(?:^|[/\\])(torch|torch_onnx|onnxscript|transformers[/\\]utils)[/\\]")
 _SHORT = 160  # characters of the one-line form
 
 

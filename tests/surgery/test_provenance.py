@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from surgery.io import to_graph, to_model
-from surgery.provenance import DERIVED_FROM, carry_metadata, from_metadata, from_name, parse_stack, source_map
+from surgery.provenance import (DERIVED_FROM, NAME_SCOPES, STACK_TRACE, carry_metadata, from_metadata, from_name,
+                                parse_stack, source_map)
 from tests.samples import sample_path
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -55,8 +56,18 @@ def test_names_without_a_trace_have_no_source():
     assert from_name("node_Conv_57", "pytorch") is None and from_metadata({}) is None
     assert from_name("fuse-attention/2", "pytorch") is None  # a name one of our passes gave
     assert from_name("keras_mha/dense/MatMul_0", "tf2onnx").module == "keras_mha/dense"
-    model = onnx.load(sample_path("bert_dynamo"))  # the committed dynamo samples carry no metadata (see README)
-    assert not any(n.metadata_props for n in model.graph.node) and len(source_map(model)) == 0
+    model = onnx.load(sample_path("bert_dynamo"))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    assert len(source_map(model)) == 0
+
+
+def test_relative_library_frames_are_not_the_model_line():
+    trace = ('File "sample_models/generate.py", line 5, in forward\n    y = self.m(x)\n'
+             '  File "transformers/models/bert/modeling_bert.py", line 9, in forward\n    h = self.dense(x)\n'
+             '  File "torch/nn/modules/linear.py", line 134, in forward\n    return F.linear(x)')
+    source = from_metadata({STACK_TRACE: trace, NAME_SCOPES: "['', 'm', 'm.dense']"})
+    assert source.frame.file == "transformers/models/bert/modeling_bert.py" and source.frame.line == 9
 
 
 @pytest.mark.parametrize("name", ["keras_cnn", "keras_lstm", "keras_mha"])

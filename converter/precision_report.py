@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import onnx
 
 from converter.runtime.quantize import Decision
+from passes.convert_precision import READS_EITHER
 
 NORMALIZATION = frozenset("LayerNormalization GroupNormalization InstanceNormalization RMSNormalization "
                           "BatchNormalization SkipLayerNormalization".split())
@@ -23,6 +24,7 @@ _TYPE_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
                onnx.TensorProto.DOUBLE: "fp64", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
                onnx.TensorProto.FLOAT8E4M3FN: "fp8", onnx.TensorProto.FLOAT8E5M2: "fp8-e5m2"}
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+LOW_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 # convert-precision's kept-fp32 reasons (its site reasons) -> the sentence the report shows
 _KEPT_FP32 = {
@@ -135,6 +137,9 @@ def _classify(n: onnx.NodeProto, types: dict[str, int], producers: dict[str, onn
         return precision, "constant", "a constant: no computation"
     if precision in ("fp16", "bf16"):
         return precision, "converted", f"float-compute op: convert-precision runs it in {precision}"
+    if n.op_type in READS_EITHER and n.input and types.get(n.input[0]) in LOW_FLOATS:
+        return (_type_name(types.get(n.input[0])), "reads-either",
+                "reads the low-precision tensor as it is: its output does not depend on the float type")
     if n.name in kept_fp32:
         why = kept_fp32[n.name]
         return (precision, *_island_reason(n.op_type)) if why == "island-op" else (precision, why, _KEPT_FP32.get(why, why))

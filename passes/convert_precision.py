@@ -18,9 +18,19 @@ Keeps in fp32 (reasons in stats as ``kept-fp32:<reason>``, and one site per node
     large-constant: consumes a constant beyond the fp16 range (|v| > 65504, e.g. -1e9 attention masks);
     not-polymorphic: every op not on the float-compute list (Cast, Constant, Resize, LSTM, ...).
 
+Reads either precision (no Cast is inserted for them): Shape, Size, IsNaN, IsInf where the opset admits the
+low type; their output does not depend on the float type they read.
+
+With ``emit="ort"`` the model is for onnxruntime, whose fp16 LayerNormalization, Softmax, LogSoftmax and
+com.microsoft SkipLayerNormalization kernels already accumulate in fp32 (CPU and CUDA): those ops run in
+fp16 without an fp32 island, as onnxruntime's transformers optimizer does. The com.microsoft ops the fusions
+emit (MultiHeadAttention, SkipLayerNormalization, Gelu, FastGelu, BiasGelu, QuickGelu, RotaryEmbedding) have
+fp16 kernels and are lowered.
+
 Options:
     ctx.options["precision"]: "fp16" (default) or "bf16".
     ctx.options["keep_io_types"]: keep float32 graph inputs/outputs (default True).
+    ctx.options["emit"]: "ort" drops the islands onnxruntime's kernels make unnecessary (above).
 
 Numerics:
     fp16 stays within rtol 1e-2 of fp32 on the tests' models; bf16 has fp32's range but ~3 significant
@@ -44,12 +54,20 @@ _TYPES = {"fp16": (onnx.TensorProto.FLOAT16, np.float16), "bf16": (onnx.TensorPr
 ISLAND_OPS = frozenset(
     "LayerNormalization GroupNormalization InstanceNormalization RMSNormalization Softmax LogSoftmax ReduceMean "
     "ReduceSum ReduceSumSquare ReduceL2 ReduceLogSumExp Pow Sqrt Exp Log".split())
+# onnxruntime's fp16 kernels of these accumulate in fp32: no island when the model is for onnxruntime
+ORT_ACCUMULATES_IN_FP32 = frozenset("LayerNormalization Softmax LogSoftmax".split())
 CHAIN_OPS = frozenset("Add Sub Mul Div".split())
+# the com.microsoft ops our fusions emit; each has fp16 kernels on onnxruntime's CPU and CUDA providers
+MS_LOW_PRECISION = frozenset(
+    "MultiHeadAttention SkipLayerNormalization Gelu FastGelu BiasGelu QuickGelu RotaryEmbedding".split())
+# ops whose output does not depend on the float type they read: they read whichever version exists
+READS_EITHER = frozenset("Shape Size IsNaN IsInf".split())
 POLYMORPHIC = frozenset(
     "MatMul Gemm Conv ConvTranspose Add Sub Mul Div Relu LeakyRelu Gelu Erf Tanh Sigmoid HardSigmoid HardSwish "
     "Neg Abs Max Min Clip Reciprocal Sin Cos Transpose Reshape Flatten Squeeze Unsqueeze Concat Split Slice Gather "
     "GatherElements Expand Tile Where Identity MaxPool AveragePool GlobalAveragePool GlobalMaxPool Pad Einsum "
-    "Attention BatchNormalization DepthToSpace SpaceToDepth Mish Softplus Elu Selu PRelu".split())
+    "Attention BatchNormalization DepthToSpace SpaceToDepth Mish Softplus Elu Selu PRelu LayerNormalization Softmax "
+    "LogSoftmax".split())  # the last three are islands unless emit="ort"
 
 
 @register_pass
@@ -57,6 +75,7 @@ class ConvertPrecisionPass(Pass):
     name = "convert-precision"
     summary = "Run float32 compute in fp16/bf16 with fp32 islands for normalizations and large constants."
     tolerance = (1e-2, 1e-2)
+    emits = ("onnx", "ort", "plugin")
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         if (ctx.options.precision or "fp16") not in _TYPES:
@@ -68,20 +87,24 @@ class ConvertPrecisionPass(Pass):
         result = PassResult()
         dtypes = _float_types(graph)
         is_f32 = lambda t: dtypes.get(t.name) == onnx.TensorProto.FLOAT  # noqa: E731
-        low = self._choose(graph, is_f32, precision, result)
+        islands = ISLAND_OPS - ORT_ACCUMULATES_IN_FP32 if ctx.options.emit == "ort" else ISLAND_OPS
+        low, readers = self._choose(graph, is_f32, precision, islands, result)
         if not low:
             return result
-        _Rewriter(graph, low, is_f32, precision, keep_io).apply()
+        _Rewriter(graph, low, readers, is_f32, precision, keep_io).apply()
         for node in low:
             result.apply(node.name, f"to-{precision}")
-        kept = [n.name for n in graph.nodes if id(n) not in {id(x) for x in low} and n.op in ISLAND_OPS | CHAIN_OPS]
+        held = {s["site"] for s in result.sites if s["outcome"] == "kept-fp32"}
+        kept = [n.name for n in graph.nodes if n.name in held and n.op in islands | CHAIN_OPS]
         if kept:
             result.notes.append(f"kept in fp32 ({len(kept)}): " + ", ".join(kept))
         graph.cleanup().toposort()
         return result
 
-    def _choose(self, graph: gs.Graph, is_f32, precision: str, result: PassResult) -> list[gs.Node]:
-        island = {id(n) for n in graph.nodes if n.op in ISLAND_OPS}
+    def _choose(self, graph: gs.Graph, is_f32, precision: str, islands: frozenset[str],
+                result: PassResult) -> tuple[list[gs.Node], set[int]]:
+        """The nodes to lower, and the readers of either precision (ids)."""
+        island = {id(n) for n in graph.nodes if n.op in islands}
         changed = True
         while changed:  # grow islands along elementwise chains
             changed = False
@@ -94,16 +117,21 @@ class ConvertPrecisionPass(Pass):
                 if (from_island and feeds_island) or (len(from_island) >= 2 and len(from_island) == len(srcs)):
                     island.add(id(n))
                     changed = True
-        low = []
+        low, readers = [], set()
         for n in graph.nodes:
             floats = [t for t in list(n.inputs) + list(n.outputs) if is_f32(t)]
             if not floats:
                 continue
+            if n.op in READS_EITHER and not n.domain and _schema_allows(n, int(graph.opset), precision):
+                readers.add(id(n))
+                result.stats["reads-either"] += 1
+                continue
+            ms_op = n.domain == "com.microsoft" and n.op in MS_LOW_PRECISION
             if id(n) in island:
-                reason = "island-op" if n.op in ISLAND_OPS else "island-chain"
-            elif n.op not in POLYMORPHIC:
+                reason = "island-op" if n.op in islands else "island-chain"
+            elif n.op not in POLYMORPHIC and not ms_op:
                 reason = "not-polymorphic"
-            elif not _schema_allows(n, int(graph.opset), precision):
+            elif not ms_op and not _schema_allows(n, int(graph.opset), precision):
                 reason = "type-not-allowed-at-opset"
             elif precision == "fp16" and any(_too_large(t) for t in n.inputs):
                 reason = "large-constant"
@@ -114,17 +142,26 @@ class ConvertPrecisionPass(Pass):
                 continue
             result.stats["kept-fp32:" + reason] += 1
             result.sites.append({"site": n.name, "outcome": "kept-fp32", "reason": reason})
-        return low
+        return low, readers
 
 
 def _schema_allows(node: gs.Node, opset: int, precision: str) -> bool:
-    """True when every type constraint of the op that admits float32 also admits the low type."""
+    """True when every type constraint of the node's used inputs/outputs that admits float32 admits the low type
+    (LayerNormalization's stash type U, for its optional Mean/InvStdDev outputs, does not count when unused)."""
     want = "tensor(float16)" if precision == "fp16" else "tensor(bfloat16)"
     try:
         schema = onnx.defs.get_schema(node.op, opset, node.domain or "")
     except onnx.defs.SchemaError:
         return False
-    return all(want in c.allowed_type_strs for c in schema.type_constraints if "tensor(float)" in c.allowed_type_strs)
+    used = {_formal(schema.inputs, i).type_str for i, t in enumerate(node.inputs) if t.name} | \
+        {_formal(schema.outputs, j).type_str for j, t in enumerate(node.outputs) if t.name}
+    return all(want in c.allowed_type_strs for c in schema.type_constraints
+               if c.type_param_str in used and "tensor(float)" in c.allowed_type_strs)
+
+
+def _formal(params, index: int):
+    """The formal parameter of position ``index`` (the last one repeats when it is variadic)."""
+    return params[min(index, len(params) - 1)]
 
 
 def _too_large(tensor: gs.Tensor) -> bool:
@@ -137,29 +174,39 @@ def _too_large(tensor: gs.Tensor) -> bool:
 
 def _float_types(graph: gs.Graph) -> dict[str, int]:
     """Element type of every tensor we can learn, via ONNX shape inference on a weightless export (weights are
-    typed graph inputs there)."""
+    typed graph inputs there). ONNX does not know the com.microsoft ops: each of MS_LOW_PRECISION gives its
+    first output the type of its first input, and inference runs again past them."""
     model = weightless_model(graph)
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:
-        raise PreconditionError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
-    out = {vi.name: vi.type.tensor_type.elem_type for vi in
-           list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
-    out.update({t.name: t.data_type for t in model.graph.initializer})
-    for node in model.graph.node:  # Constant nodes' outputs are not always in value_info
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    out.setdefault(node.output[0], a.t.data_type)
-    return out
+    while True:
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception as exc:
+            raise PreconditionError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
+        out = {vi.name: vi.type.tensor_type.elem_type for vi in
+               list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+        out.update({t.name: t.data_type for t in model.graph.initializer})
+        for node in model.graph.node:  # Constant nodes' outputs are not always in value_info
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        out.setdefault(node.output[0], a.t.data_type)
+        learned = [(n.output[0], out[n.input[0]]) for n in model.graph.node
+                   if n.domain == "com.microsoft" and n.op_type in MS_LOW_PRECISION and n.input and n.output
+                   and out.get(n.input[0]) and not out.get(n.output[0])]
+        if not learned:
+            return out
+        for name, elem_type in learned:
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
 
 
 class _Rewriter:
     """Applies the chosen split: retypes low-precision tensors and inserts boundary Casts."""
 
-    def __init__(self, graph: gs.Graph, low: list[gs.Node], is_f32, precision: str, keep_io: bool) -> None:
+    def __init__(self, graph: gs.Graph, low: list[gs.Node], readers: set[int], is_f32, precision: str,
+                 keep_io: bool) -> None:
         self.graph, self.low, self.is_f32, self.keep_io = graph, low, is_f32, keep_io
         self.low_ids = {id(n) for n in low}
+        self.takes_low = self.low_ids | readers  # nodes that read a lowered tensor without a Cast back
         self.onnx_type, self.np_type = _TYPES[precision]
         self.names = NameGen(graph, "convert-precision")
         self.to_low: dict[str, gs.Tensor] = {}
@@ -185,7 +232,7 @@ class _Rewriter:
             for j, out in enumerate(list(node.outputs)):
                 if not self.is_f32(out):
                     continue
-                fp32_users = [c for c in out.outputs if id(c) not in self.low_ids]
+                fp32_users = [c for c in out.outputs if id(c) not in self.takes_low]
                 if out.name in outputs and self.keep_io:
                     inner = gs.Variable(self.names("/" + out.name.split("/")[-1]), dtype=self.onnx_type, shape=out.shape)
                     users = [c for c in out.outputs]
@@ -194,7 +241,7 @@ class _Rewriter:
                     cast = gs.Node("Cast", self.names("/cast_out"), {"to": onnx.TensorProto.FLOAT}, inputs=[inner], outputs=[out])
                     self.graph.nodes.append(cast)
                     out = inner
-                    fp32_users = [c for c in inner.outputs if id(c) not in self.low_ids and c is not cast]
+                    fp32_users = [c for c in inner.outputs if id(c) not in self.takes_low and c is not cast]
                 out.dtype = self.onnx_type
                 if fp32_users:
                     back = self._f32_version(out)

@@ -125,3 +125,42 @@ def test_cli_bf16_validate_each_runs_through_the_upcast(tmp_path, capsys):
     last = json.loads(report.read_text())["passes"][-1]
     assert last["name"] == "convert-precision"
     assert any("validated against the original" in n and "upcast to float32" in n for n in last["notes"])
+
+
+def _ort_block(rng) -> onnx.ModelProto:
+    """x -> MatMul -> LayerNormalization -> com.microsoft SkipLayerNormalization(+x) -> com.microsoft Gelu ->
+    Softmax -> y, and Shape(x) -> s: what --emit ort leaves of a transformer layer."""
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    f = lambda shape, name: nh.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
+    nodes = [h.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             h.make_node("LayerNormalization", ["m", "g", "b"], ["ln"], name="ln", axis=-1),
+             h.make_node("SkipLayerNormalization", ["ln", "x", "g", "b"], ["sk"], name="skip", domain="com.microsoft",
+                         epsilon=1e-5),
+             h.make_node("Gelu", ["sk"], ["ge"], name="gelu", domain="com.microsoft"),
+             h.make_node("Softmax", ["ge"], ["y"], name="softmax", axis=-1),
+             h.make_node("Shape", ["m"], ["s"], name="shape")]
+    graph = h.make_graph(nodes, "ort_block", [h.make_tensor_value_info("x", T.FLOAT, [2, 4, 8])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [2, 4, 8]), h.make_tensor_value_info("s", T.INT64, [3])],
+                         [f((8, 8), "w"), f((8,), "g"), f((8,), "b")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    return model
+
+
+def test_emit_ort_lowers_what_onnxruntime_accumulates_in_fp32(rng):
+    model = _ort_block(rng)
+    out, result = apply_pass(model, "convert-precision", ctx_options={"precision": "fp16", "emit": "ort"})
+    lowered = {s["site"] for s in result.sites if s["outcome"] == "to-fp16"}
+    assert lowered == {"mm", "ln", "skip", "gelu", "softmax"} and result.stats["reads-either"] == 1
+    ops = Counter(n.op_type for n in out.graph.node)
+    assert ops["Cast"] == 2  # x in (shared by MatMul and the skip input), y out; Shape reads the fp16 tensor
+    shape = next(n for n in out.graph.node if n.op_type == "Shape")
+    assert next(n for n in out.graph.node if n.output[0] == shape.input[0]).op_type == "MatMul"
+    _close(model, out, {"x": rng.standard_normal((2, 4, 8)).astype(np.float32)})
+
+
+def test_emit_onnx_keeps_the_islands_tensorrt_needs(rng):
+    out, result = apply_pass(_ort_block(rng), "convert-precision", ctx_options={"precision": "fp16", "emit": "onnx"})
+    kept = {s["site"]: s["reason"] for s in result.sites if s["outcome"] == "kept-fp32"}
+    assert kept == {"ln": "island-op", "softmax": "island-op"}
+    assert {s["site"] for s in result.sites if s["outcome"] == "to-fp16"} == {"mm", "skip", "gelu"}

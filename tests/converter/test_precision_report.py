@@ -98,3 +98,17 @@ def test_html_path_is_checked_before_any_work(tmp_path, capsys):
     src = sample_path("cnn_ts")
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--precision", "int8", "--html", str(src)]) == 2
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_shape_reading_an_fp16_tensor_is_reported_as_reading_either_precision(tmp_path):
+    out = tmp_path / "o.onnx"
+    report = tmp_path / "r.json"
+    assert main(["optimize", str(sample_path("bert_ts")), "-o", str(out), "--preset", "trt", "--emit", "ort",
+                 "--precision", "fp16", "--report", str(report)]) == 0
+    nodes = json.loads(report.read_text())["precision"]["nodes"]
+    shapes = [n for n in nodes if n["rule"] == "reads-either"]
+    assert shapes and all(n["op"] in ("Shape", "IsNaN") and n["precision"] == "fp16" for n in shapes)
+    casts = [n for n in nodes if n["op"] == "Cast" and "convert-precision" in n["node"]]
+    # the finfo.min mask (kept fp32 as a large constant) into fp16, and the fp32 graph output: LayerNorm,
+    # SkipLayerNorm, Gelu and MHA run in fp16 for onnxruntime, and no Shape reads through a Cast
+    assert sorted(n["precision"] for n in casts) == ["fp16", "fp32"]

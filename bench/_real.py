@@ -15,10 +15,11 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import FLOOR, describe, run_child, tools
+from pipeline import FLOOR, run_child, tools
 
 HERE = Path(__file__).resolve().parent
 TIME_TARGET = RSS_TARGET = 1.5   # x floor wall time; x model file size
@@ -40,6 +41,16 @@ class RealRun:
     @property
     def median(self) -> float:
         return statistics.median(self.seconds) if self.seconds else float("nan")
+
+
+def describe_in_child(path: Path) -> tuple[int, dict[str, int]]:
+    """``pipeline.describe`` in a child: the parent must never hold a model, since a child's ``ru_maxrss``
+    starts from the parent's high-water mark (Linux carries it over the fork/exec)."""
+    code = f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from pipeline import describe; " \
+           "print(json.dumps(describe(sys.argv[1])))"
+    nodes, fusions = json.loads(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                                               text=True, check=True).stdout)
+    return nodes, fusions
 
 
 def ort_equal(args: argparse.Namespace, model: Path, spec: Path, ref: Path) -> dict:
@@ -66,7 +77,7 @@ def run_once(args, run: RealRun, argv_of, src: Path, spec: Path, ref: Path, work
     else:
         run.seconds.append(seconds)
         if first:
-            run.nodes, run.fusions = describe(dst)
+            run.nodes, run.fusions = describe_in_child(dst)
             run.output_mb = sum(p.stat().st_size for p in out.iterdir()) / 2**20
             verdict = ort_equal(args, dst, spec, ref)
             run.ort_equal, run.max_abs, run.error = verdict["ok"], verdict["max_abs"], verdict["error"]
@@ -122,7 +133,7 @@ def bench_one(args, src: Path, preset: str, work: Path, runs_per_tool: int) -> l
         print(f"  run {i + 1}: " + ", ".join(f"{r.tool} {r.seconds[-1]:.1f}s" if len(r.seconds) > i
                                              else f"{r.tool} failed" for r in runs), flush=True)
     size_mb = src.stat().st_size / 2**20
-    nodes_before, _ = describe(src)
+    nodes_before, _ = describe_in_child(src)
     print_table(f"{src.stem} ({side['exporter']}, opset {side['opset']})", runs, size_mb, nodes_before,
                 runs_per_tool)
     ref.unlink(missing_ok=True)

@@ -5,6 +5,9 @@ Usage::
     .venv/bin/python bench/pipeline.py                       # 400M and 2.5G models, then the samples
     .venv/bin/python bench/pipeline.py --sizes 400M --runs 3 --no-samples
     .venv/bin/python bench/pipeline.py --skip-peers --keep /tmp/bench
+    .venv/bin/python bench/pipeline.py --real /tmp/real --runs 3 --json real.json   # real-size exports
+
+``--real DIR`` benchmarks the exports of ``bench/real_exports.py`` instead (see ``bench/_real.py``).
 
 Every tool runs in its own subprocess; its wall time and peak RSS (``ru_maxrss`` from ``os.wait4``,
 which covers the child and any descendants it waited for) are recorded. The floor is a plain
@@ -65,7 +68,8 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
 
 
-def tools(args: argparse.Namespace, preset: str, hidden: int | None, heads: int | None) -> dict[str, callable]:
+def tools(args: argparse.Namespace, preset: str, hidden: int | None, heads: int | None,
+          model_type: str = "bert") -> dict[str, callable]:
     """tool name -> function(src, dst, external) returning argv."""
     peer_bin = Path(args.peers_python).parent
 
@@ -75,7 +79,7 @@ def tools(args: argparse.Namespace, preset: str, hidden: int | None, heads: int 
 
     def ort(src, dst, ext):
         argv = [args.peers_python, "-m", "onnxruntime.transformers.optimizer", "--input", src, "--output", dst,
-                "--model_type", "bert", "--opt_level", "0", "--num_heads", str(heads or 0), "--hidden_size", str(hidden or 0)]
+                "--model_type", model_type, "--opt_level", "0", "--num_heads", str(heads or 0), "--hidden_size", str(hidden or 0)]
         return argv + (["--use_external_data_format"] if ext else [])
 
     table = {
@@ -239,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="trt", help="surgery preset (falls back to 'default' if unknown)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before a tool run is killed")
     parser.add_argument("--json", type=Path, help="also write all measurements here")
+    parser.add_argument("--real", type=Path, help="benchmark the exports in this folder (bench/real_exports.py) "
+                        "instead of generated models and samples")
+    parser.add_argument("--only", help="with --real: comma-separated export names (file stems)")
     args = parser.parse_args(argv)
 
     listing = subprocess.run([args.surgery, "list-passes", "--presets"], capture_output=True, text=True).stdout
@@ -247,6 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: preset '{args.preset}' is not registered; using 'default'")
     print(f"machine: {os.cpu_count()} CPU cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; "
           f"peers from {args.peers_python}")
+    if args.real:
+        from _real import bench_real
+
+        work = Path(tempfile.mkdtemp(prefix="surgery-real-"))
+        try:
+            records = bench_real(args, preset, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            args.json.write_text(json.dumps(records, indent=1))
+        return 0
     results: list[Run] = []
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,10 @@ Summary:
       mask as ``attn_mask`` (additive float or boolean), ``is_causal=1`` where the mask is a constant
       causal mask. Grouped-query attention passes the un-repeated K/V (q_num_heads != kv_num_heads is
       native in opset 23), dropping the Unsqueeze/Expand/Reshape repeat.
-    - ``ort``: ``com.microsoft.MultiHeadAttention`` (Q as [B,S,H*D] via Transpose+Reshape, K/V as
-      [B,H,S,D], mask as ``attention_bias``, output Reshape+Transpose back to [B,H,S,Dv]).
+    - ``ort``: ``com.microsoft.MultiHeadAttention`` with Q, K, V as [B,S,H*D]: the projections the head
+      split Reshape/Transpose came from where the shapes prove it (onnxruntime's flash / memory-efficient
+      CUDA kernels take that layout; K/V as [B,H,S,D] fall to slower paths), else Q via Transpose+Reshape
+      and K/V as [B,H,S,D]; mask as ``attention_bias``, output Reshape+Transpose back to [B,H,S,Dv].
     - ``plugin``: ``SurgeryAttention`` (onnx_surgery, version 1) on Q/K/V [B,H,S,D] (K/V may have fewer
       heads), fields num_heads, scale, causal, mask_kind (0 none, 1 additive float, 2 boolean keep-mask).
 
@@ -163,7 +165,12 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
     def rewrite(self, m: Match[am.Variant], plan: AttentionPlan, state: AttentionState, names: NameGen) -> list[gs.Node]:
         q, k, v, mask_t = plan.q, plan.k, plan.v, plan.mask
         out, new = m.outputs[0], []
-        if m.variant.qk == "kbshd":  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
+        packed = None
+        if state.emit == "ort":  # K and V as the [B,S,H*D] projections they were split from, where they are
+            k3 = _bsnh_source(k, plan.heads, "bshd" if m.variant.qk == "kbshd" else "bhsd")
+            v3 = _bsnh_source(v, plan.heads, "bhsd")
+            packed = (k3, v3) if k3 is not None and v3 is not None else None
+        if m.variant.qk == "kbshd" and packed is None:  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
             k4 = gs.Variable(names("_k"), dtype=k.dtype)
             new.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[k], outputs=[k4]))
             k = k4
@@ -171,8 +178,10 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
             keep = gs.Variable(names("_keep"), dtype=np.bool_, shape=mask_t.shape)
             new.append(gs.Node("Not", name=names(), inputs=[mask_t], outputs=[keep]))
             mask_t = keep
-        if plan.expand_rows:
-            mask_t = _expand_rows(mask_t, q, k, names, new)
+        if plan.expand_rows:  # lengths from dim 1 of a [B,S,H*D] source, else dim 2 of the [B,H,S,D] tensor
+            q3 = _bsnh_source(q, plan.heads, "bhsd") if state.emit == "ort" else None
+            mask_t = _expand_rows(mask_t, (q3, 1) if q3 is not None else (q, 2),
+                                  (packed[0], 1) if packed else (k, 2), names, new)
         emit = state.emit
         if emit == "onnx":
             attrs = {"scale": plan.scale, **({"is_causal": 1} if plan.causal else {})}
@@ -182,6 +191,8 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
             attrs = {"num_heads": plan.heads, "scale": plan.scale, "causal": plan.causal, "mask_kind": plan.mask_kind}
             ins = [q, k, v] + ([mask_t] if mask_t is not None else [])
             return new + [make_plugin_node(ATTENTION_PLUGIN, ins, [out], attrs, name=names())]
+        if packed is not None:
+            k, v = packed
         return new + _ort_mha(q, k, v, mask_t, plan.mask_kind, plan.causal, plan.scale, plan.heads, out, names)
 
     def unmatched_reason(self, node: gs.Node, state: AttentionState) -> str:
@@ -208,7 +219,8 @@ def _mask_rows_known(mask: gs.Tensor, q: gs.Tensor) -> bool:
                 and not (isinstance(mask.shape[-2], str) and mask.shape[-2] == ""))
 
 
-def _expand_rows(mask: gs.Tensor, q: gs.Tensor, k: gs.Tensor, names: NameGen, new: list[gs.Node]) -> gs.Tensor:
+def _expand_rows(mask: gs.Tensor, q_len: tuple[gs.Tensor, int], k_len: tuple[gs.Tensor, int], names: NameGen,
+                 new: list[gs.Node]) -> gs.Tensor:
     """Expand(mask, [1, 1, Sq, Sk]): a [B,1,1,Sk] padding mask becomes [B,1,Sq,Sk]."""
     def shape_slice(t: gs.Tensor, dim: int) -> gs.Tensor:
         out = gs.Variable(names("_dim"), dtype=np.int64)
@@ -217,7 +229,7 @@ def _expand_rows(mask: gs.Tensor, q: gs.Tensor, k: gs.Tensor, names: NameGen, ne
 
     ones = gs.Constant(names("_ones"), np.ones(2, np.int64))
     target = gs.Variable(names("_shape"), dtype=np.int64)
-    new.append(gs.Node("Concat", name=names(), attrs={"axis": 0}, inputs=[ones, shape_slice(q, 2), shape_slice(k, 2)],
+    new.append(gs.Node("Concat", name=names(), attrs={"axis": 0}, inputs=[ones, shape_slice(*q_len), shape_slice(*k_len)],
                        outputs=[target]))
     full = gs.Variable(names("_mask"), dtype=mask.dtype)
     new.append(gs.Node("Expand", name=names(), inputs=[mask, target], outputs=[full]))
@@ -229,8 +241,34 @@ def _axes(t: gs.Tensor) -> list[int] | None:
     return None if v is None else [int(v)]
 
 
+def _bsnh_source(t: gs.Tensor, heads: int, layout: str) -> gs.Tensor | None:
+    """The [B,S,H*D] tensor that ``t`` ([B,H,S,D], or [B,S,H,D] for layout "bshd") is the head split of.
+
+    That is x in ``Transpose(0,2,1,3)(Reshape(x, [B,S,H,D]))``, accepted only when the shapes prove the split
+    keeps B and S (the same dims, static or symbolic) and splits x's last dim into ``heads`` x D.
+    """
+    split_out = t
+    if layout == "bhsd":
+        node = t.inputs[0] if len(t.inputs) == 1 else None
+        if node is None or node.op != "Transpose" or list(node.attrs.get("perm", [])) != [0, 2, 1, 3]:
+            return None
+        split_out = node.inputs[0]
+    split = split_out.inputs[0] if len(split_out.inputs) == 1 else None
+    if split is None or split.op != "Reshape":
+        return None
+    x = split.inputs[0]
+    if not (x.shape and split_out.shape and len(x.shape) == 3 and len(split_out.shape) == 4):
+        return None
+    hidden, d = x.shape[2], split_out.shape[3]
+    if not (isinstance(hidden, int) and isinstance(d, int) and hidden == heads * d):
+        return None
+    same = all(a == b and a not in (None, "") for a, b in zip(split_out.shape[:2], x.shape[:2]))
+    return x if same else None
+
+
 def _ort_mha(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names) -> list[gs.Node]:
-    """com.microsoft.MultiHeadAttention wants Q as [B,S,H*D] and returns [B,S,H*Dv]; K/V stay [B,H,S,D]."""
+    """com.microsoft.MultiHeadAttention wants Q as [B,S,H*D] and returns [B,S,H*Dv]; K/V are [B,S,H*D] where the
+    head split can be undone (onnxruntime's fused CUDA kernels take that layout), else [B,H,S,D]."""
     nodes = []
 
     def node(op, ins, attrs=None, dtype=None, domain=None):
@@ -238,7 +276,8 @@ def _ort_mha(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names) -> li
         nodes.append(gs.Node(op, name=names(), attrs=attrs or {}, inputs=ins, outputs=[t], domain=domain))
         return t
 
-    q3 = node("Reshape", [node("Transpose", [q], {"perm": [0, 2, 1, 3]}), gs.Constant(names("_s"), np.array([0, 0, -1], np.int64))])
+    q3 = _bsnh_source(q, heads, "bhsd") or \
+        node("Reshape", [node("Transpose", [q], {"perm": [0, 2, 1, 3]}), gs.Constant(names("_s"), np.array([0, 0, -1], np.int64))])
     bias = None
     if mask_kind == 1:
         bias = mask_t

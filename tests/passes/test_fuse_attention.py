@@ -192,3 +192,26 @@ def test_second_run_changes_nothing():
 def test_explain_lists_rejected_candidates():
     _, result = apply_pass(attention_model(mask="where", fill=0.0), "fuse-attention", explain=True)
     assert {"site": "softmax", "outcome": "rejected", "reason": "fill-not-large-negative", "tensor": "c_fill"} in result.sites
+
+
+@pytest.mark.parametrize("mask,k_layout", [("none", "bshd"), ("add", "bshd"), ("add", "bhsd"), ("where", "bshd"),
+                                           ("causal", "bhsd")])
+def test_ort_emit_feeds_multi_head_attention_the_projections_when_shapes_prove_the_split(mask, k_layout):
+    model = attention_model(mask=mask, k_layout=k_layout)
+    shaped, _ = apply_pass(model, "infer-shapes")
+    out, result = apply_pass(shaped, "fuse-attention", ctx_options={"emit": "ort"})
+    assert result.changed == 1
+    mha = next(n for n in out.graph.node if n.op_type == "MultiHeadAttention")
+    assert list(mha.input[:3]) == ["q2", "k2", "v2"]  # [B,S,H*D], the layout onnxruntime's fused kernels take
+    out, _ = apply_pass(out, "merge-transposes")  # the way back to [B,H,S,Dv] cancels the model's head merge
+    out, _ = apply_pass(out, "remove-dead-nodes")
+    assert ops(out)["Transpose"] == 0
+    _same_outputs(model, out)
+
+
+def test_ort_emit_keeps_the_head_split_when_shapes_are_unknown():
+    model = attention_model(mask="add")
+    del model.graph.value_info[:]
+    out, _ = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
+    mha = next(n for n in out.graph.node if n.op_type == "MultiHeadAttention")
+    assert mha.input[1] != "k2" and mha.input[2] == "v"

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,11 +23,13 @@ def _load(name: str):
     return mod
 
 
-def test_real_mode_on_a_sample_export(tmp_path, capsys):
+@pytest.mark.parametrize("external", [False, True])
+def test_real_mode_on_a_sample_export(tmp_path, capsys, external):
     exports = tmp_path / "exports"
     exports.mkdir()
-    for suffix in (".onnx", ".spec.json"):
-        shutil.copy(ROOT / "sample_models" / f"bert_ts{suffix}", exports / f"bert_ts{suffix}")
+    shutil.copy(ROOT / "sample_models" / "bert_ts.spec.json", exports / "bert_ts.spec.json")
+    onnx.save_model(onnx.load(ROOT / "sample_models" / "bert_ts.onnx"), exports / "bert_ts.onnx",
+                    save_as_external_data=external, location="bert_ts.onnx.data")
     (exports / "bert_ts.bench.json").write_text(json.dumps(
         {"family": "bert", "exporter": "torchscript", "opset": 17, "ort_model_type": "bert", "num_heads": 2,
          "hidden_size": 32}))
@@ -33,12 +37,14 @@ def test_real_mode_on_a_sample_export(tmp_path, capsys):
     assert _load("pipeline").main(["--real", str(exports), "--skip-peers", "--runs", "1", "--json", str(out),
                                    "--peers-python", sys.executable]) == 0
     floor, ours = json.loads(out.read_text())
+    assert floor["external"] is ours["external"] is external
     assert (floor["tool"], ours["tool"]) == ("floor(load+save)", "surgery --preset trt")
     assert floor["ort_equal"] and floor["max_abs"] == 0.0 and floor["nodes"] == 286
     # the sample's two erf GELUs are fused, and the output still matches the original on onnxruntime
     assert ours["fusions"]["Gelu"] == 2 and ours["nodes"] < floor["nodes"]
     assert ours["ort_equal"] and ours["max_abs"] < 1e-4
-    assert "targets: time" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "targets: time" in printed and ("external data" in printed) is external
 
 
 def test_ort_equal_compare_uses_atol_plus_rtol():

@@ -2,7 +2,8 @@
 
 For each ``<name>.onnx`` in DIR (written by ``bench/real_exports.py``, with ``<name>.spec.json`` and
 ``<name>.bench.json`` beside it) every tool runs in its own child process, the tools interleaved run by run:
-the floor (``onnx.load`` + ``onnx.save``, embedded stays embedded), ``surgery optimize --preset trt``,
+the floor (``onnx.load`` + ``onnx.save`` in the input's storage: embedded, or external data in
+``<name>.onnx.data``), ``surgery optimize --preset trt``,
 onnxsim, onnxslim, the onnxruntime transformers optimizer (``model_type``, ``num_heads`` and ``hidden_size``
 from the sidecar, opt_level 0) and ``polygraphy surgeon sanitize --fold-constants``. Recorded: wall time
 (median over runs), peak RSS (max over runs), node count, fused-op counts, and ORT-equal: onnxruntime CPU
@@ -63,13 +64,19 @@ def ort_equal(args: argparse.Namespace, model: Path, spec: Path, ref: Path) -> d
     return json.loads(lines[-1])
 
 
+def model_files(path: Path) -> list[Path]:
+    """The model file and its external data files (named ``<model file name>...``, as the exports write them)."""
+    return [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+
+
 def run_once(args, run: RealRun, argv_of, src: Path, spec: Path, ref: Path, work: Path, first: bool) -> None:
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     dst = out / src.name
     log = work / "last.log"
-    code, seconds, rss = run_child(argv_of(str(src), str(dst), False), log, args.timeout)
+    external = len(model_files(src)) > 1
+    code, seconds, rss = run_child(argv_of(str(src), str(dst), external), log, args.timeout)
     run.rss_mb = max(run.rss_mb, rss)
     if code != 0 or not dst.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -99,9 +106,9 @@ def target_line(runs: list[RealRun], size_mb: float) -> str:
             + (f" [failed peers: {', '.join(failed)}]" if failed else ""))
 
 
-def print_table(name: str, runs: list[RealRun], size_mb: float, nodes_before: int, n_runs: int) -> None:
+def print_table(name: str, runs: list[RealRun], size_mb: float, storage: str, nodes_before: int, n_runs: int) -> None:
     floor = next(r for r in runs if r.tool == FLOOR)
-    print(f"\n## {name}: {size_mb:.0f} MiB embedded, {nodes_before} nodes; median of {n_runs}")
+    print(f"\n## {name}: {size_mb:.0f} MiB {storage}, {nodes_before} nodes; median of {n_runs}")
     print(f"{'tool':<22} {'time s':>7} {'x floor':>7} {'RSS MB':>7} {'x file':>6} {'nodes':>6} "
           f"{'ORT-equal (max abs)':>20}  fusions")
     for r in runs:
@@ -132,10 +139,11 @@ def bench_one(args, src: Path, preset: str, work: Path, runs_per_tool: int) -> l
                 run_once(args, run, table[run.tool], src, spec, ref, work, first=i == 0)
         print(f"  run {i + 1}: " + ", ".join(f"{r.tool} {r.seconds[-1]:.1f}s" if len(r.seconds) > i
                                              else f"{r.tool} failed" for r in runs), flush=True)
-    size_mb = src.stat().st_size / 2**20
+    files = model_files(src)
+    size_mb = sum(p.stat().st_size for p in files) / 2**20
     nodes_before, _ = describe_in_child(src)
-    print_table(f"{src.stem} ({side['exporter']}, opset {side['opset']})", runs, size_mb, nodes_before,
-                runs_per_tool)
+    print_table(f"{src.stem} ({side['exporter']}, opset {side['opset']})", runs, size_mb,
+                "external data" if len(files) > 1 else "embedded", nodes_before, runs_per_tool)
     ref.unlink(missing_ok=True)
     return runs
 
@@ -149,8 +157,9 @@ def bench_real(args, preset: str, work: Path) -> list[dict]:
         raise SystemExit(f"no exports in {args.real}")
     records = []
     for src in models:
-        runs = args.runs or (1 if src.stat().st_size > 2**30 * 0.9 else 3)
-        size = src.stat().st_size
+        files = model_files(src)
+        size = sum(p.stat().st_size for p in files)
+        runs = args.runs or (1 if size > 2**30 * 0.9 else 3)
         for r in bench_one(args, src, preset, work, runs):
-            records.append(asdict(r) | {"median": r.median, "file_mb": size / 2**20})
+            records.append(asdict(r) | {"median": r.median, "file_mb": size / 2**20, "external": len(files) > 1})
     return records

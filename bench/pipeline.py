@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="400M,2.5G", help="generated model sizes, comma-separated ('' for none)")
     parser.add_argument("--skip-peers", action="store_true", help="only the floor and surgery")
-    parser.add_argument("--runs", type=int, default=0, help="runs per tool on generated models (default 3 < 1 GiB, else 1)")
+    parser.add_argument("--runs", type=int, default=0, help="runs per tool (default 3; 1 for generated models of 1 GiB and up, "
+                        "and for --real exports of 0.9 GiB and up)")
     parser.add_argument("--sample-runs", type=int, default=5, help="runs per tool on each sample export")
     parser.add_argument("--no-samples", action="store_true", help="skip sample_models/*.onnx")
     parser.add_argument("--keep", type=Path, help="generate into (and keep) this folder instead of a temporary one")

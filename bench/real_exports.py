@@ -4,12 +4,14 @@ Run with the torch venv (``sample_models/requirements-torch.txt``; the package i
 
     /work/genvenv/bin/python bench/real_exports.py --out /tmp/real      # all models, both exporters
     /work/genvenv/bin/python bench/real_exports.py --out /tmp/real --only bert vit
+    /work/genvenv/bin/python bench/real_exports.py --out /tmp/real-ext --external --only bert llama
 
 Models, built from ``transformers`` configs with fixed seeds: BERT-base (``BertConfig()``), GPT-2 small
 (``GPT2Config()``), ViT-B/16 (``ViTConfig()``, 224x224), ResNet-50 (``ResNetConfig()``: transformers'
 ResNet, since torchvision is not in the venv) and a Llama-like model with grouped-query attention of
 about 1 GB fp32. Each is exported with the TorchScript exporter (opset 17) and the dynamo exporter
-(opset 18) into one file with the weights embedded (IR version capped at 10), with a dynamic batch
+(opset 18) into one file with the weights embedded (or, with ``--external``, in ``<name>.onnx.data``;
+IR version capped at 10), with a dynamic batch
 (and sequence for text models). Next to ``<name>.onnx`` go ``<name>.spec.json`` (the input spec, as in
 ``sample_models/``) and ``<name>.bench.json`` (family, exporter, and the ORT transformers optimizer's
 ``model_type``/``num_heads``/``hidden_size``). Exports already in ``--out`` are kept.
@@ -147,15 +149,17 @@ def export_dynamo(model: RealModel, module, path: Path) -> None:
     prog.save(str(path), external_data=False)
 
 
-def embed(path: Path) -> None:
-    """Load any external data the exporter wrote, cap the IR version, save as one file."""
+def finalize(path: Path, external: bool) -> None:
+    """Load any external data the exporter wrote, cap the IR version, save as one file (``external``: with
+    the weights in ``<name>.onnx.data``)."""
     import onnx
 
     onnx_model = onnx.load(str(path), load_external_data=True)
     onnx_model.ir_version = min(onnx_model.ir_version, MAX_IR_VERSION)
     for data in [p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]:
         data.unlink()
-    onnx.save_model(onnx_model, str(path), save_as_external_data=False)
+    onnx.save_model(onnx_model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=path.name + ".data")
 
 
 def check_against_torch(path: Path, spec: dict[str, Any], module) -> float:
@@ -182,7 +186,7 @@ def sidecar(model: RealModel, cfg, exporter: str, opset: int) -> dict[str, Any]:
             "hidden_size": hidden if model.family != "resnet50" else 0}
 
 
-def export_family(key: str, out: Path) -> None:
+def export_family(key: str, out: Path, external: bool) -> None:
     import torch
 
     model = MODELS[key]
@@ -201,11 +205,12 @@ def export_family(key: str, out: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             export(model, module, path)
-        embed(path)
+        finalize(path, external)
         err = check_against_torch(path, spec, module)
         (out / f"{name}.spec.json").write_text(_json_lines("inputs", model.inputs))
         (out / f"{name}.bench.json").write_text(json.dumps(sidecar(model, cfg, exporter, opset), indent=1) + "\n")
-        print(f"{name}: {path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - start:.0f}s, "
+        size = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith(path.name))
+        print(f"{name}: {size / 2**20:.0f} MiB in {time.perf_counter() - start:.0f}s, "
               f"max |ort - torch| {err:.1e}", flush=True)
         gc.collect()
 
@@ -214,13 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder of the exports (existing ones are kept)")
     parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="a subset of the models")
+    parser.add_argument("--external", action="store_true", help="weights in <name>.onnx.data instead of embedded")
     args = parser.parse_args(argv)
     import torch
 
     torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
     for key in args.only or MODELS:
-        export_family(key, args.out)
+        export_family(key, args.out, args.external)
     return 0
 
 

@@ -55,6 +55,7 @@ class Variant:
     ms: float = float("nan")
     rel_l2: float = float("nan")
     block_ms: list[float] = field(default_factory=list)
+    op_ms: dict[str, float] = field(default_factory=dict)  # --profile: kernel ms per run, by op type
 
 
 def one_line(text: str) -> str:
@@ -116,9 +117,13 @@ def feeds_for(spec: dict, family: str, seed: int = 0) -> dict[str, np.ndarray]:
 class Runner:
     """One session on the CUDA provider with inputs bound on the GPU and outputs left there (or all on the CPU)."""
 
-    def __init__(self, ort, path: str, feeds: dict[str, np.ndarray], graph_opt: str, device: str) -> None:
+    def __init__(self, ort, path: str, feeds: dict[str, np.ndarray], graph_opt: str, device: str,
+                 profile_prefix: str = "") -> None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                                             "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[graph_opt]
         provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
@@ -142,6 +147,25 @@ class Runner:
         return self.binding.copy_outputs_to_cpu()[0].astype(np.float32)
 
 
+def profile_ops(ort, path: str, feeds: dict[str, np.ndarray], graph_opt: str, device: str, runs: int,
+                folder: Path) -> dict[str, float]:
+    """onnxruntime's profiler: the kernel milliseconds per run of each op type over the last ``runs`` of
+    ``runs + 3`` runs (the first three warm up), largest first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    runner = Runner(ort, path, feeds, graph_opt, device, profile_prefix=str(folder / Path(path).stem))
+    for _ in range(runs + 3):
+        runner.step()
+    per_node: dict[str, tuple[str, list[float]]] = {}
+    for event in json.loads(Path(runner.session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            per_node.setdefault(event["name"], (op, []))[1].append(event.get("dur", 0) / 1000)
+    totals: dict[str, float] = {}
+    for op, durations in per_node.values():
+        totals[op] = totals.get(op, 0.0) + sum(durations[-runs:]) / runs
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
     if ref.shape != got.shape:
         return float("inf")
@@ -149,7 +173,7 @@ def rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def measure(ort, variants: dict[str, Variant], feeds: dict[str, np.ndarray], graph_opt: str, blocks: int,
-            iters: int, warmup: int, device: str) -> None:
+            iters: int, warmup: int, device: str, profile: Path | None = None) -> None:
     runners: dict[str, Runner] = {}
     for name, var in variants.items():
         if var.error:
@@ -179,6 +203,13 @@ def measure(ort, variants: dict[str, Variant], feeds: dict[str, np.ndarray], gra
         if not var.error and not var.rel_l2 <= limit:
             var.error = f"output differs: rel L2 {var.rel_l2:.2e} > {limit:g}"
     del runners
+    for name, var in variants.items():
+        if profile is not None and not var.error:
+            try:
+                var.op_ms = profile_ops(ort, var.path, feeds, graph_opt, device, 5, profile)
+            except Exception as exc:  # the profile is a diagnosis: its failure does not fail the row
+                var.op_ms = {"error": float("nan")}
+                print(f"  profile of {name} failed: {one_line(exc)}", flush=True)
 
 
 def print_model(model: str, variants: dict[str, Variant]) -> None:
@@ -192,6 +223,10 @@ def print_model(model: str, variants: dict[str, Variant]) -> None:
         a, b = variants[ours], variants[theirs]
         if not a.error and not b.error:
             print(f"  {ours} vs {theirs}: {b.ms / a.ms:.3f}x (>1: ours faster)")
+    for name, var in variants.items():
+        if var.op_ms:
+            top = ", ".join(f"{op} {ms:.3f}" for op, ms in list(var.op_ms.items())[:8])
+            print(f"  profile {name:<11} {sum(v for v in var.op_ms.values() if v == v):7.3f} ms kernels: {top}")
 
 
 def geomean(values: list[float]) -> float:
@@ -233,6 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-optimize", action="store_true", help="reuse optimized models already in --work")
     p.add_argument("--timeout", type=float, default=600, help="seconds per optimizer run")
     p.add_argument("--json", type=Path, help="write every figure here")
+    p.add_argument("--profile", type=Path, help="also profile each variant (kernel ms by op type); traces go here")
     p.add_argument("--cpu", action="store_true", help="a smoke test on the CPU provider (no GPU figures)")
     return p.parse_args(argv)
 
@@ -262,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: optimizing", flush=True)
             variants = make_variants(src, meta, args.skip_optimize, args.timeout)
             measure(ort, variants, feeds_for(spec, family), args.graph_opt, args.blocks, args.iters, args.warmup,
-                    "cpu" if args.cpu else "cuda")
+                    "cpu" if args.cpu else "cuda", args.profile)
             results[name] = variants
             print_model(name, variants)
     totals = summary(results)

@@ -9,7 +9,7 @@ Run with the torch venv (``sample_models/requirements-torch.txt``; the package i
 Models, built from ``transformers`` configs with fixed seeds: BERT-base (``BertConfig()``), GPT-2 small
 (``GPT2Config()``), ViT-B/16 (``ViTConfig()``, 224x224), ResNet-50 (``ResNetConfig()``: transformers'
 ResNet, since torchvision is not in the venv) and a Llama-like model with grouped-query attention of
-about 1 GB fp32. Each is exported with the TorchScript exporter (opset 17) and the dynamo exporter
+about 1 GB fp32; biases and norm scales get trained-looking values (``_trained_like``). Each is exported with the TorchScript exporter (opset 17) and the dynamo exporter
 (opset 18) into one file with the weights embedded (or, with ``--external``, in ``<name>.onnx.data``;
 IR version capped at 10), with a dynamic batch
 (and sequence for text models). Next to ``<name>.onnx`` go ``<name>.spec.json`` (the input spec, as in
@@ -177,6 +177,26 @@ def check_against_torch(path: Path, spec: dict[str, Any], module) -> float:
     return float(np.max(np.abs(got - want)))
 
 
+def _trained_like(module) -> None:
+    """Give the 1-D parameters a fresh model leaves at 0 or 1 (biases, norm scales) trained-looking values.
+
+    transformers initialises every bias to 0 and every norm weight to 1; passes rightly drop ``Add(x, 0)``
+    and share identical constants, which a trained model would never let them do, so the benchmark would
+    measure graphs no user has.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.ndim != 1:
+                continue
+            if bool(torch.all(param == 0)):
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+            elif bool(torch.all(param == 1)):
+                param.copy_(1 + (torch.rand(param.shape, generator=gen) - 0.5) * 0.4)
+
+
 def sidecar(model: RealModel, cfg, exporter: str, opset: int) -> dict[str, Any]:
     hidden = getattr(cfg, "hidden_size", 0)
     heads = getattr(cfg, "num_attention_heads", 0)
@@ -198,6 +218,7 @@ def export_family(key: str, out: Path, external: bool) -> None:
         return
     torch.manual_seed(model.seed)
     module, cfg = model.build()
+    _trained_like(module)
     spec = {"inputs": model.inputs}
     for name, exporter, opset, export in todo:
         path = out / f"{name}.onnx"

@@ -29,6 +29,7 @@ from passes import (  # noqa: F401  (imported for registration)
     normalize_resize,
     remove_dead_nodes,
     remove_nodes,
+    resolve_reshape_targets,
     rewrite_einsum,
     rewrite_static_nonzero,
     rewrite_static_scatter,

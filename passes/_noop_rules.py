@@ -154,7 +154,19 @@ def _cast(node: gs.Node, graph: gs.Graph) -> Verdict:
 
 def _reshape_like(node: gs.Node, graph: gs.Graph) -> Verdict:
     shape = static_shape(node.inputs[0])
-    return 0 if shape is not None and reshape_like_out(node, shape) == shape else None
+    if shape is not None:
+        return 0 if reshape_like_out(node, shape) == shape else None
+    return 0 if node.op == "Reshape" and _keeps_every_dim(node) else None
+
+
+def _keeps_every_dim(node: gs.Node) -> bool:
+    """A Reshape whose constant target copies every dim of an input of the same rank (0, allowzero=0, or the
+    dim's static value), one entry possibly -1: the rest fixed, that entry is the input's own dim."""
+    target, x = const_ints(present(node, 1)), node.inputs[0]
+    if target is None or x.shape is None or len(target) != len(x.shape) or int(node.attrs.get("allowzero", 0)):
+        return False
+    kept = [t == 0 or (isinstance(d, int) and t == d) for t, d in zip(target, x.shape)]
+    return sum(not k for k in kept) <= 1 and all(k or t == -1 for k, t in zip(kept, target))
 
 
 def _transpose(node: gs.Node, graph: gs.Graph) -> Verdict:

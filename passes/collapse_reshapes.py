@@ -6,7 +6,8 @@ are collapsed within one run (``until_stable``); a resulting Reshape that change
 
 Matches (first, second ∈ {Reshape, Flatten, Squeeze, Unsqueeze}):
     x → first → t → Reshape(s) → y          ⇒   x → Reshape(s') → y
-        (s' = s with its copy-dims (0, allowzero=0) replaced by t's static dims)
+        (s' = s with its copy-dims (0, allowzero=0) replaced by t's static dims; a copy-dim that the first
+        Reshape's constant target also copies stays 0)
     x → first → t → Flatten|Squeeze|Unsqueeze → y   ⇒   x → Reshape(static shape of y) → y
         (needs x fully static; the shape is recomputed, not read from annotations)
 
@@ -80,6 +81,13 @@ def _mid_shape(first: gs.Node) -> list:
     return list(first.outputs[0].shape) if first.outputs[0].shape is not None else []
 
 
+def _copying_target(first: gs.Node) -> list[int] | None:
+    """The constant target of a Reshape with allowzero 0 (whose 0 entries copy its input's dims), else None."""
+    if first.op != "Reshape" or int(first.attrs.get("allowzero", 0)):
+        return None
+    return const_ints(present(first, 1))
+
+
 def _target(first: gs.Node, second: gs.Node) -> _Target | Reject:
     """The merged Reshape's shape and allowzero flag, or why there is none."""
     if second.op == "Reshape":
@@ -90,9 +98,12 @@ def _target(first: gs.Node, second: gs.Node) -> _Target | Reject:
         if allowzero or 0 not in shape:
             return _Target(shape, allowzero and 0 in shape)
         mid = _mid_shape(first)
+        first_target = _copying_target(first)
         resolved = []
         for i, d in enumerate(shape):
-            if d == 0:
+            if d == 0 and first_target is not None and i < len(first_target) and first_target[i] == 0:
+                d = 0  # a copy of a copy: x's own dim i
+            elif d == 0:
                 if i >= len(mid) or not isinstance(mid[i], (int, np.integer)) or mid[i] < 0:
                     return Reject("copy-dim-unknown", first.outputs[0])
                 d = int(mid[i])

@@ -24,7 +24,7 @@ low type; their output does not depend on the float type they read.
 With ``emit="ort"`` the model is for onnxruntime, whose fp16 LayerNormalization, Softmax, LogSoftmax and
 com.microsoft SkipLayerNormalization kernels already accumulate in fp32 (CPU and CUDA): those ops run in
 fp16 without an fp32 island, as onnxruntime's transformers optimizer does. The com.microsoft ops the fusions
-emit (MultiHeadAttention, SkipLayerNormalization, Gelu, FastGelu, BiasGelu, QuickGelu, RotaryEmbedding) have
+emit (Attention, MultiHeadAttention, SkipLayerNormalization, Gelu, FastGelu, BiasGelu, QuickGelu, RotaryEmbedding) have
 fp16 kernels and are lowered.
 
 Options:
@@ -59,7 +59,7 @@ ORT_ACCUMULATES_IN_FP32 = frozenset("LayerNormalization Softmax LogSoftmax".spli
 CHAIN_OPS = frozenset("Add Sub Mul Div".split())
 # the com.microsoft ops our fusions emit; each has fp16 kernels on onnxruntime's CPU and CUDA providers
 MS_LOW_PRECISION = frozenset(
-    "MultiHeadAttention SkipLayerNormalization Gelu FastGelu BiasGelu QuickGelu RotaryEmbedding".split())
+    "Attention MultiHeadAttention SkipLayerNormalization Gelu FastGelu BiasGelu QuickGelu RotaryEmbedding".split())
 # ops whose output does not depend on the float type they read: they read whichever version exists
 READS_EITHER = frozenset("Shape Size IsNaN IsInf".split())
 POLYMORPHIC = frozenset(

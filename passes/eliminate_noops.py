@@ -7,7 +7,8 @@ of the kept tensor is re-pointed, or an Identity is left where nothing else can 
 Matches (``x → op → y  ⇒  x`` as ``y``):
     Identity; Dropout in inference (no training_mode, mask unused); Cast to the input's own type;
     Reshape/Flatten/Squeeze/Unsqueeze whose output shape, computed from a fully static input shape,
-    equals it; Transpose with the identity perm; Expand to a shape the input already has; Tile with
+    equals it; a Reshape whose constant target keeps every dim of its input's rank (0 = copy, the static
+    dim, at most one -1: ``[0, 0, -1]`` on a rank-3 tensor); Transpose with the identity perm; Expand to a shape the input already has; Tile with
     all-ones repeats; one-input Concat; Slice over the full range with step 1; Pad with all-zero pads;
     ``x*1``, ``1*x``, ``x/1``, ``x+0``, ``0+x``, ``x-0`` where the constant does not broadcast ``x``.
 

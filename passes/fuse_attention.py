@@ -66,7 +66,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes import _attention_match as am
-from surgery.graph_utils import NameGen, scalar_value
+from surgery.graph_utils import NameGen, const_value, producer, scalar_value
 from surgery.pass_base import PassContext
 from surgery.plugins import make_plugin_node
 from passes.plugins import ATTENTION_PLUGIN
@@ -165,11 +165,14 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
     def rewrite(self, m: Match[am.Variant], plan: AttentionPlan, state: AttentionState, names: NameGen) -> list[gs.Node]:
         q, k, v, mask_t = plan.q, plan.k, plan.v, plan.mask
         out, new = m.outputs[0], []
-        packed = None
+        packed, qkv = None, None
+        outputs = {t.name for t in state.graph.outputs}
         if state.emit == "ort":  # K and V as the [B,S,H*D] projections they were split from, where they are
             k3 = _bsnh_source(k, plan.heads, "bshd" if m.variant.qk == "kbshd" else "bhsd")
             v3 = _bsnh_source(v, plan.heads, "bhsd")
             packed = (k3, v3) if k3 is not None and v3 is not None else None
+            q3 = _bsnh_source(q, plan.heads, "bhsd")
+            qkv = _packed_projection(q3, k3, v3, outputs) if packed and q3 is not None else None
         if m.variant.qk == "kbshd" and packed is None:  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
             k4 = gs.Variable(names("_k"), dtype=k.dtype)
             new.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[k], outputs=[k4]))
@@ -180,8 +183,12 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
             mask_t = keep
         if plan.expand_rows:  # lengths from dim 1 of a [B,S,H*D] source, else dim 2 of the [B,H,S,D] tensor
             q3 = _bsnh_source(q, plan.heads, "bhsd") if state.emit == "ort" else None
-            mask_t = _expand_rows(mask_t, (q3, 1) if q3 is not None else (q, 2),
-                                  (packed[0], 1) if packed else (k, 2), names, new)
+            if qkv is not None:  # the packed x, so that no unpacked projection gains a reader
+                q_len = k_len = (qkv[0].x, 1)
+            else:
+                q_len = (_length_source(q3, outputs), 1) if q3 is not None else (q, 2)
+                k_len = (_length_source(packed[0], outputs), 1) if packed else (k, 2)
+            mask_t = _expand_rows(mask_t, q_len, k_len, names, new)
         emit = state.emit
         if emit == "onnx":
             attrs = {"scale": plan.scale, **({"is_causal": 1} if plan.causal else {})}
@@ -193,7 +200,8 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
             return new + [make_plugin_node(ATTENTION_PLUGIN, ins, [out], attrs, name=names())]
         if packed is not None:
             k, v = packed
-        return new + _ort_mha(q, k, v, mask_t, plan.mask_kind, plan.causal, plan.scale, plan.heads, out, names)
+        return new + _ort_attention(q, k, v, mask_t, plan.mask_kind, plan.causal, plan.scale, plan.heads, out, names,
+                                    outputs, packed is not None, qkv)
 
     def unmatched_reason(self, node: gs.Node, state: AttentionState) -> str:
         nxt = [c.op for c in node.outputs[0].outputs]
@@ -266,27 +274,130 @@ def _bsnh_source(t: gs.Tensor, heads: int, layout: str) -> gs.Tensor | None:
     return x if same else None
 
 
-def _ort_mha(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names) -> list[gs.Node]:
-    """com.microsoft.MultiHeadAttention wants Q as [B,S,H*D] and returns [B,S,H*Dv]; K/V are [B,S,H*D] where the
-    head split can be undone (onnxruntime's fused CUDA kernels take that layout), else [B,H,S,D]."""
+class _Projection(NamedTuple):
+    """``out = x @ weight [+ bias]``: a head split's source read back to its projection."""
+
+    x: gs.Tensor
+    weight: np.ndarray  # [in, out]
+    bias: np.ndarray | None  # [out]
+    unbiased: gs.Tensor  # x @ weight, the bias Add's other operand (``out`` itself without a bias)
+
+
+def _projection(t: gs.Tensor, graph_outputs: set[str]) -> _Projection | None:
+    """``t`` as MatMul(x, W) [+ b] with W a constant [in, out] and b a constant [out], every tensor on the way
+    read only by the next node (so nothing else needs the unpacked projection)."""
+    if len(t.outputs) != 1 or t.name in graph_outputs:
+        return None
+    node, bias = producer(t), None
+    unbiased = t
+    if node is not None and node.op == "Add":
+        consts = [const_value(i) for i in node.inputs]
+        if len(node.inputs) != 2 or sum(c is not None for c in consts) != 1:
+            return None
+        which = 0 if consts[0] is not None else 1
+        bias, t = consts[which], node.inputs[1 - which]
+        unbiased = t
+        if len(t.outputs) != 1 or t.name in graph_outputs:
+            return None
+        node = producer(t)
+    if node is None or node.op != "MatMul":
+        return None
+    weight = const_value(node.inputs[1])
+    x = node.inputs[0]
+    if weight is None or weight.ndim != 2 or x.shape is None or len(x.shape) != 3:
+        return None
+    if bias is not None and bias.reshape(-1).shape != (weight.shape[1],):
+        return None
+    return _Projection(x, weight, None if bias is None else bias.reshape(-1), unbiased)
+
+
+def _length_source(t3: gs.Tensor, graph_outputs: set[str]) -> gs.Tensor:
+    """A tensor with the dims 0 and 1 of the [B,S,H*D] ``t3``: the input of its projection where it is one (a
+    Shape read of ``t3`` itself would keep the bias Add that MultiHeadAttention can take in), else ``t3``."""
+    proj = _projection(t3, graph_outputs)
+    return proj.x if proj is not None else t3
+
+
+def _packed_projection(q3: gs.Tensor, k3: gs.Tensor, v3: gs.Tensor,
+                       graph_outputs: set[str]) -> tuple[_Projection, list[int]] | None:
+    """One projection of x to [Q | K | V] and the three widths: three projections of the same x, or one
+    projection split three ways along the last axis (GPT-2's c_attn), else None."""
+    parts = [_projection(t, graph_outputs) for t in (q3, k3, v3)]
+    if all(parts) and all(p.x is parts[0].x and p.weight.dtype == parts[0].weight.dtype for p in parts):
+        widths = [p.weight.shape[1] for p in parts]
+        if any(p.bias is not None for p in parts):
+            biases = [p.bias if p.bias is not None else np.zeros(w, p.weight.dtype) for p, w in zip(parts, widths)]
+            bias = np.concatenate(biases).astype(parts[0].weight.dtype)
+        else:
+            bias = None
+        return _Projection(parts[0].x, np.concatenate([p.weight for p in parts], axis=1), bias, q3), widths
+    split = producer(q3)
+    if split is None or split.op != "Split" or list(split.outputs) != [q3, k3, v3]:
+        return None
+    rank = len(split.inputs[0].shape) if split.inputs[0].shape is not None else None
+    if rank is None or int(split.attrs.get("axis", 0)) not in (-1, rank - 1):
+        return None
+    whole = _projection(split.inputs[0], graph_outputs)
+    if whole is None:
+        return None
+    sizes = split.attrs.get("split")
+    if sizes is None and len(split.inputs) > 1 and split.inputs[1].name:
+        sizes = const_value(split.inputs[1])
+    if sizes is None:
+        if whole.weight.shape[1] % 3:
+            return None
+        sizes = [whole.weight.shape[1] // 3] * 3
+    sizes = [int(v) for v in np.reshape(sizes, -1)]
+    return (whole, sizes) if sum(sizes) == whole.weight.shape[1] and len(sizes) == 3 else None
+
+
+def _ort_attention(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names, graph_outputs,
+                   packed: bool, found: tuple[_Projection, list[int]] | None) -> list[gs.Node]:
+    """com.microsoft.Attention on the projections' input where Q, K and V are projections of one x (the packed
+    [in, 3*hidden] GEMM onnxruntime's fastest kernels start from), else com.microsoft.MultiHeadAttention on Q as
+    [B,S,H*D] (K/V [B,S,H*D] where the head split can be undone, else [B,H,S,D]), the projection biases folded
+    into its ``bias`` input when all three have one. Returns [B,S,H*Dv] reshaped and transposed back to
+    [B,H,S,Dv]."""
     nodes = []
 
-    def node(op, ins, attrs=None, dtype=None, domain=None):
-        t = gs.Variable(names("_t"), dtype=dtype if dtype is not None else q.dtype)
+    def node(op, ins, attrs=None, dtype=None, domain=None, shape=None):
+        t = gs.Variable(names("_t"), dtype=dtype if dtype is not None else q.dtype, shape=shape)
         nodes.append(gs.Node(op, name=names(), attrs=attrs or {}, inputs=ins, outputs=[t], domain=domain))
         return t
 
-    q3 = _bsnh_source(q, heads, "bhsd") or \
-        node("Reshape", [node("Transpose", [q], {"perm": [0, 2, 1, 3]}), gs.Constant(names("_s"), np.array([0, 0, -1], np.int64))])
-    bias = None
+    bias_in = None
     if mask_kind == 1:
-        bias = mask_t
+        bias_in = mask_t
     elif mask_kind == 2:
         zero, low = (gs.Constant(names("_c"), np.array(x, np.float32)) for x in (0.0, np.finfo(np.float32).min))
-        bias = node("Where", [mask_t, zero, low])
-    ins = [q3, k, v] + ([gs.Variable.empty(), gs.Variable.empty(), bias] if bias is not None else [])
+        bias_in = node("Where", [mask_t, zero, low])
     attrs = {"num_heads": heads, "scale": scale, **({"unidirectional": 1} if causal else {})}
-    y3 = node("MultiHeadAttention", ins, attrs, domain=MS_DOMAIN)
-    y4 = node("Reshape", [y3, gs.Constant(names("_s"), np.array([0, 0, heads, -1], np.int64))])
+    q3 = _bsnh_source(q, heads, "bhsd")
+    if found is not None:
+        proj, widths = found
+        b_s = proj.x.shape[:2]
+        if len(set(widths)) > 1:
+            attrs["qkv_hidden_sizes"] = widths
+        bias = proj.bias if proj.bias is not None else np.zeros(proj.weight.shape[1], proj.weight.dtype)
+        ins = [proj.x, gs.Constant(names("_qkv_weight"), proj.weight), gs.Constant(names("_qkv_bias"), bias)]
+        ins += [gs.Variable.empty(), gs.Variable.empty(), bias_in] if bias_in is not None else []
+        y3 = node("Attention", ins, attrs, domain=MS_DOMAIN, shape=[*b_s, widths[2]])
+    else:
+        if q3 is None:
+            q3 = node("Reshape", [node("Transpose", [q], {"perm": [0, 2, 1, 3]}),
+                                  gs.Constant(names("_s"), np.array([0, 0, -1], np.int64))])
+        parts = [_projection(t, graph_outputs) for t in (q3, k, v)] if packed else [None]
+        ins = [q3, k, v]
+        if all(p is not None and p.bias is not None for p in parts):  # bias Adds folded into MHA's bias input
+            ins = [p.unbiased for p in parts]
+            ins.append(gs.Constant(names("_qkv_bias"), np.concatenate([p.bias for p in parts]).astype(parts[0].bias.dtype)))
+        elif bias_in is not None:
+            ins.append(gs.Variable.empty())
+        if bias_in is not None:
+            ins += [gs.Variable.empty(), bias_in]
+        shape = [*q3.shape[:2], None] if q3.shape is not None and len(q3.shape) == 3 else None
+        y3 = node("MultiHeadAttention", ins, attrs, domain=MS_DOMAIN, shape=shape)
+    y4 = node("Reshape", [y3, gs.Constant(names("_s"), np.array([0, 0, heads, -1], np.int64))],
+              shape=[*y3.shape[:2], heads, None] if y3.shape is not None else None)
     nodes.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[y4], outputs=[out]))
     return nodes

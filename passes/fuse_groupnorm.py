@@ -7,7 +7,8 @@ Summary:
     (``emit=plugin``), which also absorbs a directly following SiLU (``activation=1``).
 
 Matches:
-    ``s1 = [0|N, G, -1]`` constant; ``s2`` = ``Shape(x)`` or the constant static shape of x::
+    ``s1 = [0|N, G, -1]`` constant; ``s2`` = ``Shape(x)`` or the constant static shape of x (its first
+    entry may be 0, copying the batch dim the group reshape kept)::
 
         (a) x -> Reshape(s1) -> InstanceNormalization(ones, zeros) -> Reshape(s2)
         (b) x -> Reshape(s1) -> ReduceMean/Sub/Pow|Mul/ReduceMean/Add(eps)/Sqrt/Div -> Reshape(s2)
@@ -135,7 +136,8 @@ class FuseGroupNormPass(PatternRewritePass[GroupNormState, _Variant]):
             return Reject("channels-unknown", x)
         if channels % groups:
             return Reject("groups-not-dividing-channels", rin.inputs[1])
-        if not _is_shape_of(rout.inputs[1], x):
+        first_dim_kept = int(s1.reshape(-1)[0]) in (0, x.shape[0])
+        if not _is_shape_of(rout.inputs[1], x, first_dim_kept):
             return Reject("reshape-back-not-input-shape", rout.inputs[1])
         eps = _core_eps(m, groups)
         if isinstance(eps, Reject):
@@ -203,10 +205,16 @@ def _silu_after(y: gs.Tensor, graph_outputs: set[str]) -> tuple[gs.Node, gs.Node
     return sig, mul
 
 
-def _is_shape_of(shape: gs.Tensor, x: gs.Tensor) -> bool:
-    """True when ``shape`` is ``Shape(x)`` or the constant static shape of x."""
+def _is_shape_of(shape: gs.Tensor, x: gs.Tensor, first_dim_kept: bool) -> bool:
+    """True when ``shape`` is ``Shape(x)`` or the constant static shape of x; with ``first_dim_kept`` (the
+    group reshape kept x's dim 0) its first entry may be 0, a copy of that dim (resolve-reshape-targets
+    writes a symbolic batch that way)."""
     src = producer(shape)
     if src is not None and src.op == "Shape":
         return src.inputs[0] is x and src.attrs.get("start", 0) == 0 and "end" not in src.attrs
     v = const_value(shape)
-    return v is not None and x.shape is not None and list(v.reshape(-1)) == list(x.shape)
+    if v is None or x.shape is None or v.size != len(x.shape) or not v.size:
+        return False
+    v = [int(d) for d in v.reshape(-1)]
+    first = v[0] == x.shape[0] or (v[0] == 0 and first_dim_kept)
+    return first and v[1:] == list(x.shape[1:])

@@ -64,7 +64,7 @@ def gelu_model(form: str = "erf-div", outer: str = "x-first", const_first: bool 
 
 def attention_model(scale: str = "mul", mask: str = "add", k_layout: str = "bshd", casts: int = 0, gqa: bool = False,
                     cross: bool = False, scale_value: float | None = None, fill: float = -1e9, mask_const: str = "",
-                    opset: int = 17, extra_output: str = ""):
+                    opset: int = 17, extra_output: str = "", bias: bool = False, fused_qkv: bool = False):
     """Projections -> head split -> SDPA core -> head merge, the way TorchScript exports BERT/GPT-2.
 
     Args:
@@ -74,6 +74,8 @@ def attention_model(scale: str = "mul", mask: str = "add", k_layout: str = "bshd
         k_layout: ``bshd`` (K^T by Transpose 0,2,3,1 of the head split) or ``bhsd`` (Transpose 0,1,3,2 of K).
         gqa: K/V have one head, repeated to two by Unsqueeze/Expand/Reshape.
         cross: K/V come from a second input ``ctx`` of length 6.
+        bias: the Q/K/V projections add constant biases (MatMul -> Add).
+        fused_qkv: one [E, 3E] projection split three ways (GPT-2's c_attn) instead of three MatMuls.
     """
     rng = np.random.default_rng(7)
     kv_heads = 1 if gqa else HEADS
@@ -86,10 +88,26 @@ def attention_model(scale: str = "mul", mask: str = "add", k_layout: str = "bshd
              const("split_q", np.array([0, 0, HEADS, d], np.int64)), const("split_kv", np.array([0, 0, kv_heads, d], np.int64)),
              const("merge", np.array([0, 0, HIDDEN], np.int64))]
     src = "ctx" if cross else "x"
-    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q2"], name="proj_q"),
-             helper.make_node("MatMul", [src, "wk"], ["k2"], name="proj_k"),
-             helper.make_node("MatMul", [src, "wv"], ["v2"], name="proj_v"),
-             helper.make_node("Reshape", ["q2", "split_q"], ["q3"], name="split_q"),
+    if fused_qkv:
+        w = np.concatenate([onnx.numpy_helper.to_array(i) for i in inits[:3]], axis=1)
+        inits[:3] = [const("wqkv", w)]
+        nodes = [helper.make_node("MatMul", ["x", "wqkv"], ["qkv0"], name="proj_qkv")]
+        qkv = "qkv0"
+        if bias:
+            inits.append(const("bqkv", rng.standard_normal(w.shape[1]).astype(np.float32)))
+            nodes.append(helper.make_node("Add", [qkv, "bqkv"], ["qkv"], name="bias_qkv"))
+            qkv = "qkv"
+        inits.append(const("split3", np.array([HIDDEN, kv_heads * d, kv_heads * d], np.int64)))
+        nodes.append(helper.make_node("Split", [qkv, "split3"], ["q2", "k2", "v2"], name="split_qkv", axis=2))
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "wq"], ["q2" if not bias else "q1"], name="proj_q"),
+                 helper.make_node("MatMul", [src, "wk"], ["k2" if not bias else "k1"], name="proj_k"),
+                 helper.make_node("MatMul", [src, "wv"], ["v2" if not bias else "v1"], name="proj_v")]
+        if bias:
+            for t, width in (("q", HIDDEN), ("k", kv_heads * d), ("v", kv_heads * d)):
+                inits.append(const(f"b{t}", rng.standard_normal(width).astype(np.float32)))
+                nodes.append(helper.make_node("Add", [f"b{t}", f"{t}1"], [f"{t}2"], name=f"bias_{t}"))
+    nodes += [helper.make_node("Reshape", ["q2", "split_q"], ["q3"], name="split_q"),
              helper.make_node("Reshape", ["k2", "split_kv"], ["k3"], name="split_k"),
              helper.make_node("Reshape", ["v2", "split_kv"], ["v3"], name="split_v"),
              helper.make_node("Transpose", ["q3"], ["q"], name="q_heads", perm=[0, 2, 1, 3]),

@@ -22,6 +22,8 @@ NOOPS = {
     "cast": ("Cast", (), {"to": TensorProto.FLOAT}, {}),
     "reshape": ("Reshape", (np.array([2, -1, 4], i64),), {}, {}),
     "reshape-copy-dims": ("Reshape", (np.array([0, 0, 4], i64),), {}, {}),
+    "reshape-keeps-symbolic-dims": ("Reshape", (np.array([0, 3, 4], i64),), {}, {"x_shape": ("N", 3, 4)}),
+    "reshape-copy-and-infer": ("Reshape", (np.array([0, 0, -1], i64),), {}, {"x_shape": ("N", "S", 4)}),
     "flatten": ("Flatten", (), {"axis": 1}, {"x_shape": (6, 4)}),
     "squeeze": ("Squeeze", (), {}, {}),
     "transpose": ("Transpose", (), {"perm": [0, 1, 2]}, {}),
@@ -125,7 +127,9 @@ NOT_NOOPS = {
     "expand": ("Expand", (np.array([2, 2, 3, 4], i64),), {}, {}),
     "mul-by-two": ("Mul", (np.full(4, 2.0, f32),), {}, {}),
     "sub-zero-first": ("Sub", (np.zeros(1, f32),), {}, {"const_first": True}),
-    "reshape-dynamic-input": ("Reshape", (np.array([0, 3, 4], i64),), {}, {"x_shape": ("N", 3, 4)}),
+    "reshape-dynamic-input": ("Reshape", (np.array([0, 4, 3], i64),), {}, {"x_shape": ("N", 3, 4)}),
+    "reshape-symbolic-dims-moved": ("Reshape", (np.array([0, -1, 2], i64),), {}, {"x_shape": ("N", "S", 4)}),
+    "reshape-two-unknown": ("Reshape", (np.array([0, -1, 4], i64),), {}, {"x_shape": ("N", "S", "T")}),
 }
 
 

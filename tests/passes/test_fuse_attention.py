@@ -87,14 +87,75 @@ def test_constant_causal_mask_becomes_is_causal():
     _same_outputs(model, out)
 
 
+def _node(model: onnx.ModelProto, op: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.op_type == op)
+
+
+def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
+
+
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("mask", ["none", "add", "where", "causal"])
-def test_ort_emit_multi_head_attention(mask):
-    model = attention_model(mask=mask)
+def test_ort_emit_packs_self_attention_into_attention(mask, bias):
+    model = attention_model(mask=mask, bias=bias)
     out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
     assert result.changed == 1
-    assert ops(out)["MultiHeadAttention"] == 1 and ops(out)["Attention"] == 0
-    attrs = _attrs(out, "MultiHeadAttention")
+    counts = ops(out)
+    # the three projections became one [E, 3E] GEMM inside Attention; only the head merge Reshape/Transpose
+    # and the output's Reshape/Transpose back to [B,H,S,D] remain around it
+    assert counts["Attention"] == 1 and counts["MultiHeadAttention"] == 0
+    assert counts["MatMul"] == 0 and counts["Add"] == 0 and counts["Softmax"] == 0
+    attn = _node(out, "Attention")
+    assert attn.domain == "com.microsoft" and attn.input[0] == "x"
+    weight, qkv_bias = _init(out, attn.input[1]), _init(out, attn.input[2])
+    want_w = np.concatenate([_init(model, w) for w in ("wq", "wk", "wv")], axis=1)
+    want_b = np.concatenate([_init(model, b) for b in ("bq", "bk", "bv")]) if bias else np.zeros(3 * 8, np.float32)
+    np.testing.assert_array_equal(weight, want_w)
+    np.testing.assert_array_equal(qkv_bias, want_b)
+    assert len(attn.input) == (3 if mask in ("none", "causal") else 6)  # attention_bias is input 5
+    attrs = _attrs(out, "Attention")
     assert attrs["num_heads"] == 2 and attrs.get("unidirectional", 0) == (mask == "causal")
+    _same_outputs(model, out)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ort_emit_packs_a_split_projection(bias):
+    model = attention_model(mask="add", fused_qkv=True, bias=bias)
+    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
+    assert result.changed == 1
+    counts = ops(out)
+    assert counts["Attention"] == 1 and counts["Split"] == 0 and counts["MatMul"] == 0 and counts["Add"] == 0
+    attn = _node(out, "Attention")
+    np.testing.assert_array_equal(_init(out, attn.input[1]), _init(model, "wqkv"))
+    _same_outputs(model, out)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ort_emit_cross_attention_uses_multi_head_attention(bias):
+    model = attention_model(mask="add", cross=True, bias=bias)
+    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
+    assert result.changed == 1
+    counts = ops(out)
+    assert counts["MultiHeadAttention"] == 1 and counts["Attention"] == 0
+    mha = _node(out, "MultiHeadAttention")
+    assert counts["MatMul"] == 3 and counts["Add"] == 0  # the biases went into MHA's bias input
+    if bias:
+        np.testing.assert_array_equal(_init(out, mha.input[3]),
+                                      np.concatenate([_init(model, b) for b in ("bq", "bk", "bv")]))
+    else:
+        assert mha.input[3] == ""
+    assert _attrs(out, "MultiHeadAttention")["num_heads"] == 2
+    _same_outputs(model, out)
+
+
+def test_ort_emit_keeps_projections_other_nodes_read():
+    model = attention_model(mask="none", bias=True)
+    model.graph.output.append(onnx.helper.make_tensor_value_info("k1", onnx.TensorProto.FLOAT, None))
+    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
+    assert result.changed == 1
+    counts = ops(out)
+    assert counts["MultiHeadAttention"] == 1 and counts["Attention"] == 0 and counts["MatMul"] == 3
     _same_outputs(model, out)
 
 
@@ -195,9 +256,9 @@ def test_explain_lists_rejected_candidates():
 
 
 @pytest.mark.parametrize("mask,k_layout", [("none", "bshd"), ("add", "bshd"), ("add", "bhsd"), ("where", "bshd"),
-                                           ("causal", "bhsd")])
+                                           ("none", "bhsd")])
 def test_ort_emit_feeds_multi_head_attention_the_projections_when_shapes_prove_the_split(mask, k_layout):
-    model = attention_model(mask=mask, k_layout=k_layout)
+    model = attention_model(mask=mask, k_layout=k_layout, cross=True)  # self-attention packs into Attention
     shaped, _ = apply_pass(model, "infer-shapes")
     out, result = apply_pass(shaped, "fuse-attention", ctx_options={"emit": "ort"})
     assert result.changed == 1

@@ -16,7 +16,7 @@ KIND_OPS = {  # ops that count as one fused block of each kind, per emit target
     "onnx": {"layernorm": {"LayerNormalization"}, "rmsnorm": {"RMSNormalization"}, "gelu": {"Gelu"},
              "attention": {"Attention"}, "groupnorm": {"GroupNormalization"}},
     "ort": {"layernorm": {"LayerNormalization", "SkipLayerNormalization"}, "rmsnorm": {"RMSNormalization"},
-            "gelu": {"Gelu", "FastGelu", "BiasGelu"}, "attention": {"MultiHeadAttention"}, "groupnorm": set()},
+            "gelu": {"Gelu", "FastGelu", "BiasGelu"}, "attention": {"MultiHeadAttention", "Attention"}, "groupnorm": set()},
 }
 # Known gaps, stated rather than hidden: onnxruntime has no CPU GroupNorm kernel.
 GAPS = {("unet_ts", "groupnorm", "ort"): "no onnxruntime CPU GroupNorm", ("unet_dynamo", "groupnorm", "ort"): "no onnxruntime CPU GroupNorm"}

@@ -139,3 +139,28 @@ def skip_layernorm_model(bias: str = "bias", *, eps: float = 1e-12, skip_shape=(
     b.op("LayerNormalization", s, b.c(GAMMA), b.c(BETA), out="y", axis=-1, epsilon=eps)
     outputs = [tensor("y", [B, S, H])] + ([tensor("sum", [B, S, H])] if reuse_sum else [])
     return make_model(b.nodes, [tensor("h", [B, S, H]), tensor("skip", list(skip_shape))], outputs, b.inits, opset=opset)
+
+
+def pre_ln_model(*, sum_output: bool = False, bias_reused: bool = False, opset: int = 17) -> onnx.ModelProto:
+    """Two pre-LN blocks (ViT, GPT-2): ``s1 = x + (LN0(x) @ W1 + b1); s2 = s1 + LN1(s1) @ W2; y = LN2(s2)``.
+
+    ``s1`` feeds LN1 and the second residual Add; ``s2`` feeds only the final LN (post-LN form), and is
+    also a graph output with ``sum_output``. ``bias_reused`` makes ``LN0(x) @ W1 + b1`` a graph output too.
+    Shapes are inferred, as ``infer-shapes`` would.
+    """
+    rng = np.random.default_rng(11)
+    b = _Nodes(opset)
+
+    def ln(t: str, out: str | None = None) -> str:
+        g, be = rng.uniform(0.5, 1.5, H), rng.uniform(-0.5, 0.5, H)
+        return b.op("LayerNormalization", t, b.c(g), b.c(be), out=out, axis=-1, epsilon=1e-5)
+
+    h1 = b.op("MatMul", ln("x"), b.c(rng.normal(0, 0.5, (H, H))))
+    hb = b.op("Add", h1, b.c(rng.uniform(-1, 1, H)), out="hb")
+    s1 = b.op("Add", hb, "x", out="s1")
+    s2 = b.op("Add", s1, b.op("MatMul", ln(s1), b.c(rng.normal(0, 0.5, (H, H)))), out="s2")
+    ln(s2, out="y")
+    outputs = [tensor("y", [B, S, H])] + ([tensor("s2", [B, S, H])] if sum_output else []) \
+        + ([tensor("hb", [B, S, H])] if bias_reused else [])
+    model = make_model(b.nodes, [tensor("x", [B, S, H])], outputs, b.inits, opset=opset)
+    return onnx.shape_inference.infer_shapes(model)

@@ -34,6 +34,7 @@ from passes import (  # noqa: F401  (imported for registration)
     rewrite_static_nonzero,
     rewrite_static_scatter,
     specialize_shapes,
+    unflatten_gemm,
     unroll_loop,
 )
 from passes.presets import PRESETS

@@ -11,7 +11,7 @@ CLEANUP = "infer-shapes,fold-constants,remove-dead-nodes"
 # this order). They come before cse, which would otherwise merge layers that share constant weights
 # and so leave each one's output shared.
 FOLD = "matmul-add-to-gemm,fold-batchnorm,fuse-scale-mul,fuse-bias-add"
-SIMPLIFY = f"fixpoint(eliminate-noops,merge-transposes,resolve-reshape-targets,collapse-reshapes,{FOLD},cse,fold-constants,remove-dead-nodes,infer-shapes)"
+SIMPLIFY = f"fixpoint(eliminate-noops,merge-transposes,unflatten-gemm,resolve-reshape-targets,collapse-reshapes,{FOLD},cse,fold-constants,remove-dead-nodes,infer-shapes)"
 # Replace what TensorRT cannot take: after CLEANUP (masks, trip counts and conditions are folded to
 # constants by then) and before SIMPLIFY, which tidies what the rewrites leave.
 REPLACE = ("rewrite-einsum,inline-constant-if,unroll-loop,rewrite-static-nonzero,rewrite-static-scatter,"

@@ -8,7 +8,7 @@ Unsqueeze / Concat chain is left to remove-dead-nodes. On the GPU each of those 
 launch and a host round trip; for TensorRT they are shape tensors it must evaluate.
 
 Matches:
-    x -> Reshape(t) -> y  with allowzero 0 and t one of
+    x -> Reshape(t) -> y  with t one of
         Shape(src)[start:end]
         Concat(axis 0) of pieces: constant 1-D ints | Unsqueeze(Gather(Shape(src), i), 0) | Gather(Shape(src), [i..])
                           | Slice(Shape(src), [a], [b]) | Shape(src)[start:end]
@@ -16,7 +16,8 @@ Matches:
     symbol (or the same static int), src.shape[j] when static and not 0; constant entries stay.
 
 Rejects:
-    allowzero: the Reshape has allowzero=1 (0 would then be a real zero).
+    allowzero: the Reshape has allowzero=1 and a constant 0 entry (a real zero, which the copy-dim 0 of the
+        new target cannot express). Without one, allowzero is dropped: every 0 written is a copy.
     target-form: the target is not built from constants and Shape reads as above.
     entry-unproven: an entry's dim is not proven equal to a static value or to x's dim at its position.
 
@@ -31,10 +32,10 @@ from surgery.graph_utils import const_value, producer
 from surgery.pass_base import Pass, PassContext, PassResult
 from surgery.registry import register_pass
 
-__all__ = ["ResolveReshapeTargetsPass"]
+__all__ = ["ResolveReshapeTargetsPass", "target_entries", "DimRef", "Entry"]
 
-_DimRef = tuple[gs.Tensor, int]  # dim j of tensor src
-_Entry = int | _DimRef
+DimRef = tuple[gs.Tensor, int]  # dim j of tensor src
+Entry = int | DimRef
 
 
 @register_pass
@@ -54,15 +55,16 @@ class ResolveReshapeTargetsPass(Pass):
                 result.reject(verdict, node.name, node.inputs[1].name)
                 continue
             node.inputs[1] = gs.Constant(f"{node.name}/resolved_shape", np.array(verdict, np.int64))
+            node.attrs.pop("allowzero", None)  # the target's zeros are copies now (none was literal: see _target)
             result.apply(node.name)
         return result
 
     def _target(self, node: gs.Node) -> list[int] | str:
-        if int(node.attrs.get("allowzero", 0)):
-            return "allowzero"
-        entries = _entries(node.inputs[1])
+        entries = target_entries(node.inputs[1])
         if entries is None:
             return "target-form"
+        if int(node.attrs.get("allowzero", 0)) and 0 in entries:
+            return "allowzero"  # a literal 0 entry would turn into a copy
         x_shape = node.inputs[0].shape
         out: list[int] = []
         for k, entry in enumerate(entries):
@@ -76,7 +78,7 @@ class ResolveReshapeTargetsPass(Pass):
         return out
 
 
-def _resolve(ref: _DimRef, k: int, x_shape) -> int | None:
+def _resolve(ref: DimRef, k: int, x_shape) -> int | None:
     """The constant that stands for dim ``ref`` at target position ``k``: its static value, or 0 (copy x's dim k)."""
     src, j = ref
     shape = src.shape
@@ -91,13 +93,13 @@ def _resolve(ref: _DimRef, k: int, x_shape) -> int | None:
     return 0 if same else None
 
 
-def _entries(t: gs.Tensor) -> list[_Entry] | None:
+def target_entries(t: gs.Tensor) -> list[Entry] | None:
     """The target's entries: ints where constant, (src, dim) where read off a shape; None for other forms."""
     node = producer(t)
     if node is None:
         return None
     if node.op == "Concat" and int(node.attrs.get("axis", 0)) in (0, -1):
-        out: list[_Entry] = []
+        out: list[Entry] = []
         for piece in node.inputs:
             part = _piece(piece)
             if part is None:
@@ -107,7 +109,7 @@ def _entries(t: gs.Tensor) -> list[_Entry] | None:
     return _shape_read(node)
 
 
-def _piece(t: gs.Tensor) -> list[_Entry] | None:
+def _piece(t: gs.Tensor) -> list[Entry] | None:
     value = const_value(t)
     if value is not None:
         return [int(v) for v in value.reshape(-1)] if value.ndim <= 1 and value.dtype.kind in "iu" else None
@@ -126,7 +128,7 @@ def _piece(t: gs.Tensor) -> list[_Entry] | None:
     return _shape_read(node)
 
 
-def _shape_read(node: gs.Node) -> list[_Entry] | None:
+def _shape_read(node: gs.Node) -> list[Entry] | None:
     """Dim refs for Shape(src)[start:end], Gather(Shape(src), idx) and Slice(Shape(src), [a], [b])."""
     if node.op == "Shape":
         src = node.inputs[0]

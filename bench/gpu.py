@@ -56,6 +56,7 @@ class Variant:
     rel_l2: float = float("nan")
     block_ms: list[float] = field(default_factory=list)
     op_ms: dict[str, float] = field(default_factory=dict)  # --profile: kernel ms per run, by op type
+    session_ops: dict[str, int] = field(default_factory=dict)  # --profile: ops onnxruntime runs after its optimizer
 
 
 def one_line(text: str) -> str:
@@ -166,6 +167,28 @@ def profile_ops(ort, path: str, feeds: dict[str, np.ndarray], graph_opt: str, de
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+def session_ops(ort, path: str, graph_opt: str, device: str, folder: Path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime runs after its own optimizations (Memcpy nodes show host round trips)."""
+    import onnx  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                        "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[graph_opt]
+    dumped = folder / f"{Path(path).stem}.session.onnx"
+    options.optimized_model_filepath = str(dumped)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", dumped.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    ort.InferenceSession(path, options, providers=[provider])
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(dumped), load_external_data=False).graph.node:
+        key = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
     if ref.shape != got.shape:
         return float("inf")
@@ -207,6 +230,7 @@ def measure(ort, variants: dict[str, Variant], feeds: dict[str, np.ndarray], gra
         if profile is not None and not var.error:
             try:
                 var.op_ms = profile_ops(ort, var.path, feeds, graph_opt, device, 5, profile)
+                var.session_ops = session_ops(ort, var.path, graph_opt, device, profile)
             except Exception as exc:  # the profile is a diagnosis: its failure does not fail the row
                 var.op_ms = {"error": float("nan")}
                 print(f"  profile of {name} failed: {one_line(exc)}", flush=True)
@@ -227,6 +251,8 @@ def print_model(model: str, variants: dict[str, Variant]) -> None:
         if var.op_ms:
             top = ", ".join(f"{op} {ms:.3f}" for op, ms in list(var.op_ms.items())[:8])
             print(f"  profile {name:<11} {sum(v for v in var.op_ms.values() if v == v):7.3f} ms kernels: {top}")
+        if var.session_ops:
+            print(f"  session {name:<11} {sum(var.session_ops.values())} nodes: {var.session_ops}")
 
 
 def geomean(values: list[float]) -> float:

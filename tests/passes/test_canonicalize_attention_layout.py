@@ -60,8 +60,10 @@ def test_canonical_form_then_fuses_to_attention():
 def test_ort_emit_reads_the_head_count_off_the_new_tensors():
     canon, _ = apply_pass(keras_attention_model(), "canonicalize-attention-layout")
     fused, result = apply_pass(canon, "fuse-attention", ctx_options={"emit": "ort"})
-    mha = next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention")
-    assert result.changed == 1 and onnx.helper.get_attribute_value(mha.attribute[0]) == HEADS
+    # self-attention whose Q/K/V are projections of one input: packed into com.microsoft.Attention
+    attn = next(n for n in fused.graph.node if n.op_type == "Attention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attn.attribute}
+    assert result.changed == 1 and attn.domain == "com.microsoft" and attrs["num_heads"] == HEADS
 
 
 def _assert_rejected(model: onnx.ModelProto, reason: str) -> None:

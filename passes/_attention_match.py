@@ -201,3 +201,35 @@ def _shape_entries(t: gs.Tensor) -> list[int | None] | None:
         return None
     vals = [const_value(i) for i in concat.inputs]
     return [int(x.reshape(-1)[0]) if x is not None and x.size == 1 else None for x in vals]
+
+
+_SHAPE_ONLY = ("Expand", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Flatten")
+
+
+def _all_equal_to(t: gs.Tensor, want: float, depth: int = 8) -> bool:
+    """True when every element of ``t`` is ``want`` (booleans as 0/1), read through constants, shape-only ops,
+    Casts, And/Or and Where."""
+    v = const_value(t)
+    if v is not None:
+        return v.size > 0 and bool(np.all(v.astype(np.float64) == want))
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None or depth == 0 or node.domain not in ("", "ai.onnx", None):
+        return False
+    if node.op in _SHAPE_ONLY or (node.op == "Cast" and want in (0.0, 1.0)):  # a Cast keeps all-0 and all-1
+        return _all_equal_to(node.inputs[0], want, depth - 1)
+    if node.op in ("And", "Or") and want in (0.0, 1.0):
+        both = [_all_equal_to(i, want, depth - 1) for i in node.inputs]
+        return all(both) if (node.op == "And") == (want == 1.0) else any(both)
+    if node.op == "Where":
+        cond, a, b = node.inputs
+        return ((_all_equal_to(cond, 1.0, depth - 1) and _all_equal_to(a, want, depth - 1))
+                or (_all_equal_to(cond, 0.0, depth - 1) and _all_equal_to(b, want, depth - 1)))
+    return False
+
+
+def mask_keeps_everything(mask: gs.Tensor, kind: int, inverted: bool) -> bool:
+    """True when the attention mask changes no score: an additive mask (kind 1) of zeros, a boolean keep-mask
+    (kind 2) that is all True (all False when ``inverted``: the condition marks the masked positions)."""
+    if kind == 1:
+        return _all_equal_to(mask, 0.0)
+    return kind == 2 and _all_equal_to(mask, 0.0 if inverted else 1.0)

@@ -42,6 +42,9 @@ Rejects:
     trt preset does), KV-cache Concats. Rotary embedding is fuse-rotary's; either form of Q/K is fine.
 
 Numerics:
+    A mask that provably keeps every position (an additive mask that is 0 everywhere, a Where condition that
+    is True everywhere: constants broadcast by Expand, as transformers builds a ViT's bidirectional mask) is
+    dropped, so that the fused op may take its mask-free kernels.
     Attention computes softmax(Q·K^T·scale + mask)·V in one kernel; with fp32 the result agrees with
     the decomposed graph to about 1e-6 relative. A Where mask becomes a boolean mask: masked scores are
     excluded exactly rather than pushed to -3.4e38 (identical after Softmax unless a row is fully masked).
@@ -159,6 +162,8 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
                 mask, mask_kind, causal = None, 0, 1
         elif var.mask.startswith("where"):
             mask, mask_kind = var.input(m, "mask"), 2
+        if mask is not None and am.mask_keeps_everything(mask, mask_kind, var.mask == "where-inv"):
+            mask, mask_kind = None, 0  # e.g. transformers' all-True bidirectional mask of a ViT: no mask at all
         expand = mask is not None and not _mask_rows_known(mask, q)  # e.g. a [B,1,1,Sk] padding mask
         return AttentionPlan(q, k, v, float(scale), mask, mask_kind, causal, var.mask == "where-inv", expand, heads)
 

@@ -276,3 +276,40 @@ def test_ort_emit_keeps_the_head_split_when_shapes_are_unknown():
     out, _ = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
     mha = next(n for n in out.graph.node if n.op_type == "MultiHeadAttention")
     assert mha.input[1] != "k2" and mha.input[2] == "v"
+
+
+def _computed_mask_model(keep: np.ndarray) -> onnx.ModelProto:
+    """attention_model(mask="add") whose additive mask is computed in the graph from a constant keep-mask:
+    Where(Expand(keep, [B,1,S,S]), 0, -1e9), the way transformers builds a ViT's bidirectional mask."""
+    model = attention_model(mask="add")
+    del model.graph.value_info[:]
+    mask_input = next(i for i in model.graph.input if i.name == "mask")
+    model.graph.input.remove(mask_input)
+    model.graph.initializer.extend([
+        onnx.numpy_helper.from_array(keep, "keep"), onnx.numpy_helper.from_array(np.array([2, 1, 4, 4], np.int64), "full"),
+        onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        onnx.numpy_helper.from_array(np.array(-1e9, np.float32), "low")])
+    model.graph.node.insert(0, onnx.helper.make_node("Expand", ["keep", "full"], ["keep_full"], name="expand_keep"))
+    model.graph.node.insert(1, onnx.helper.make_node("Where", ["keep_full", "zero", "low"], ["mask"], name="to_bias"))
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("emit", ["onnx", "ort"])
+def test_mask_that_keeps_everything_is_dropped(emit):
+    model = _computed_mask_model(np.ones((1, 1, 4, 1), bool))
+    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": emit})
+    assert result.changed == 1
+    fused = next(n for n in out.graph.node if n.op_type in ("Attention", "MultiHeadAttention"))
+    assert len(fused.input) == 3 and ops(out)["Where"] == 0 and ops(out)["Expand"] == 0
+    _same_outputs(model, out)
+
+
+def test_mask_with_a_masked_position_is_kept():
+    keep = np.ones((1, 1, 4, 1), bool)
+    keep[0, 0, 2, 0] = False
+    model = _computed_mask_model(np.broadcast_to(keep, (1, 1, 4, 4)).copy())
+    out, result = apply_pass(model, "fuse-attention")
+    assert result.changed == 1
+    fused = next(n for n in out.graph.node if n.op_type == "Attention")
+    assert len(fused.input) == 4 and ops(out)["Where"] == 1
+    _same_outputs(model, out)

@@ -91,6 +91,13 @@ def _node(model: onnx.ModelProto, op: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.op_type == op)
 
 
+def _ort_fused(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Counter]:
+    """fuse-attention with --emit ort, which must fuse the one core: the model and its op counts."""
+    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
+    assert result.changed == 1
+    return out, ops(out)
+
+
 def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
     return onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
 
@@ -99,9 +106,7 @@ def _init(model: onnx.ModelProto, name: str) -> np.ndarray:
 @pytest.mark.parametrize("mask", ["none", "add", "where", "causal"])
 def test_ort_emit_packs_self_attention_into_attention(mask, bias):
     model = attention_model(mask=mask, bias=bias)
-    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
-    assert result.changed == 1
-    counts = ops(out)
+    out, counts = _ort_fused(model)
     # the three projections became one [E, 3E] GEMM inside Attention; only the head merge Reshape/Transpose
     # and the output's Reshape/Transpose back to [B,H,S,D] remain around it
     assert counts["Attention"] == 1 and counts["MultiHeadAttention"] == 0
@@ -122,9 +127,7 @@ def test_ort_emit_packs_self_attention_into_attention(mask, bias):
 @pytest.mark.parametrize("bias", [False, True])
 def test_ort_emit_packs_a_split_projection(bias):
     model = attention_model(mask="add", fused_qkv=True, bias=bias)
-    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
-    assert result.changed == 1
-    counts = ops(out)
+    out, counts = _ort_fused(model)
     assert counts["Attention"] == 1 and counts["Split"] == 0 and counts["MatMul"] == 0 and counts["Add"] == 0
     attn = _node(out, "Attention")
     np.testing.assert_array_equal(_init(out, attn.input[1]), _init(model, "wqkv"))
@@ -134,9 +137,7 @@ def test_ort_emit_packs_a_split_projection(bias):
 @pytest.mark.parametrize("bias", [False, True])
 def test_ort_emit_cross_attention_uses_multi_head_attention(bias):
     model = attention_model(mask="add", cross=True, bias=bias)
-    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
-    assert result.changed == 1
-    counts = ops(out)
+    out, counts = _ort_fused(model)
     assert counts["MultiHeadAttention"] == 1 and counts["Attention"] == 0
     mha = _node(out, "MultiHeadAttention")
     assert counts["MatMul"] == 3 and counts["Add"] == 0  # the biases went into MHA's bias input
@@ -152,9 +153,7 @@ def test_ort_emit_cross_attention_uses_multi_head_attention(bias):
 def test_ort_emit_keeps_projections_other_nodes_read():
     model = attention_model(mask="none", bias=True)
     model.graph.output.append(onnx.helper.make_tensor_value_info("k1", onnx.TensorProto.FLOAT, None))
-    out, result = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
-    assert result.changed == 1
-    counts = ops(out)
+    out, counts = _ort_fused(model)
     assert counts["MultiHeadAttention"] == 1 and counts["Attention"] == 0 and counts["MatMul"] == 3
     _same_outputs(model, out)
 

@@ -33,8 +33,13 @@ Options:
     ctx.options["emit"]: "ort" drops the islands onnxruntime's kernels make unnecessary (above).
 
 Numerics:
-    fp16 stays within rtol 1e-2 of fp32 on the tests' models; bf16 has fp32's range but ~3 significant
-    digits and is checked structurally (onnxruntime's CPU provider lacks bf16 kernels).
+    fp16 stays within rtol 1e-2 of fp32 on the tests' models. With ``emit="ort"`` and fp16, a Where that
+    builds an attention bias (it feeds, directly or through Expand, input 5 of com.microsoft Attention or
+    MultiHeadAttention) with a fill below fp16's range (transformers writes float32's lowest) gets the fill
+    -65504 and runs in fp16, as onnxruntime's own fp16 conversion clamps it: masked scores still vanish
+    after Softmax, no fp32 island and Cast are needed, and the bias holds no -inf (the old fill cast to
+    fp16), so a fully masked row (left padding under a causal mask) depends on no kernel's -inf handling.
+    bf16 has fp32's range but ~3 significant digits and is checked structurally (onnxruntime's CPU provider lacks bf16 kernels).
 """
 from __future__ import annotations
 
@@ -85,6 +90,8 @@ class ConvertPrecisionPass(Pass):
         precision = ctx.options.precision or "fp16"
         keep_io = ctx.options.keep_io_types
         result = PassResult()
+        if ctx.options.emit == "ort" and precision == "fp16":
+            _clamp_mask_fills(graph, result)  # before the types are read: the new fills are typed too
         dtypes = _float_types(graph)
         is_f32 = lambda t: dtypes.get(t.name) == onnx.TensorProto.FLOAT  # noqa: E731
         islands = ISLAND_OPS - ORT_ACCUMULATES_IN_FP32 if ctx.options.emit == "ort" else ISLAND_OPS
@@ -162,6 +169,40 @@ def _schema_allows(node: gs.Node, opset: int, precision: str) -> bool:
 def _formal(params, index: int):
     """The formal parameter of position ``index`` (the last one repeats when it is variadic)."""
     return params[min(index, len(params) - 1)]
+
+
+_BIAS_INPUT = 5  # attention_bias of com.microsoft Attention and MultiHeadAttention
+
+
+def _feeds_only_attention_bias(t: gs.Tensor, depth: int = 3) -> bool:
+    readers = list(t.outputs)
+    if not readers or depth == 0:
+        return False
+    for node in readers:
+        if node.op == "Expand" and node.inputs[0] is t:
+            if not _feeds_only_attention_bias(node.outputs[0], depth - 1):
+                return False
+        elif not (node.domain == "com.microsoft" and node.op in ("Attention", "MultiHeadAttention")
+                  and len(node.inputs) > _BIAS_INPUT and node.inputs[_BIAS_INPUT] is t
+                  and all(i is not t for j, i in enumerate(node.inputs) if j != _BIAS_INPUT)):
+            return False
+    return True
+
+
+def _clamp_mask_fills(graph: gs.Graph, result: PassResult) -> None:
+    """Attention-bias Wheres: a constant fill below -FP16_MAX becomes -FP16_MAX (see Numerics)."""
+    for node in graph.nodes:
+        if node.op != "Where" or node.domain or not _feeds_only_attention_bias(node.outputs[0]):
+            continue
+        for i in (1, 2):
+            v = const_value(node.inputs[i])
+            if v is None or v.dtype != np.float32 or not _too_large(node.inputs[i]):
+                continue
+            if not np.all(v <= -FP16_MAX):
+                continue
+            node.inputs[i] = gs.Constant(f"{node.name}/fill_fp16", np.full(v.shape, -FP16_MAX, np.float32))
+            result.stats["mask-fill-clamped"] += 1
+            result.sites.append({"site": node.name, "outcome": "mask-fill-clamped", "reason": "fill below fp16 range"})
 
 
 def _too_large(tensor: gs.Tensor) -> bool:

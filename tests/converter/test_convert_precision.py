@@ -164,3 +164,22 @@ def test_emit_onnx_keeps_the_islands_tensorrt_needs(rng):
     kept = {s["site"]: s["reason"] for s in result.sites if s["outcome"] == "kept-fp32"}
     assert kept == {"ln": "island-op", "softmax": "island-op"}
     assert {s["site"] for s in result.sites if s["outcome"] == "to-fp16"} == {"mm", "skip", "gelu"}
+
+
+def test_emit_ort_fp16_clamps_attention_mask_fill_so_fully_masked_rows_stay_finite():
+    from tests.attention_builders import attention_feeds, attention_model  # noqa: PLC0415
+
+    model = attention_model(mask="where", fill=float(np.finfo(np.float32).min))
+    fused, _ = apply_pass(model, "fuse-attention", ctx_options={"emit": "ort"})
+    out, result = apply_pass(fused, "convert-precision", ctx_options={"precision": "fp16", "emit": "ort"})
+    assert result.stats["mask-fill-clamped"] == 1
+    where = next(n for n in out.graph.node if n.op_type == "Where")
+    fills = [onnx.numpy_helper.to_array(i) for i in out.graph.initializer if i.name in where.input[1:]]
+    assert any(f.dtype == np.float16 and float(f.min()) == -65504.0 for f in fills)  # lowered with the fill
+    feeds = attention_feeds(model)
+    feeds["mask"][0, 0, 1, :] = False  # batch 0, query 1 sees no key at all
+    ref, got = run_ort(model, feeds)["y"], run_ort(out, feeds)["y"]
+    assert np.isfinite(got).all()  # (onnxruntime CPU also tolerates the unclamped -inf; CUDA kernels vary)
+    keep = np.ones(ref.shape[:2], bool)
+    keep[0, 1] = False  # the fully masked query: garbage in the original too (uniform weights)
+    np.testing.assert_allclose(got[keep], ref[keep], rtol=1e-2, atol=1e-2)

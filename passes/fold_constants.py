@@ -169,8 +169,8 @@ def _nothing_to_fold(graph: gs.Graph) -> bool:
     gs copies the whole graph before it looks for work, which made most of this pass's time in the
     fixed-point sweeps that find nothing. It changes a graph only through: Constant nodes; nodes whose
     (non-omitted) inputs are all constants, or that have none; a Shape whose static dims it can read
-    (the whole shape, or a Gather/Slice of it: ``_shape_folds`` mirrors those rules); a Cast -> op ->
-    Cast chain on shape tensors; subgraphs and functions. When none of these is present, skipping the
+    (the whole shape, or a Gather/Slice of it: ``_shape_folds`` mirrors those rules); a Cast(to float) ->
+    op -> Cast chain whose op output only Casts read (``_cast_elision_candidate``, gs's own preconditions); subgraphs and functions. When none of these is present, skipping the
     call is exact; where the rules are unclear the answer is "fold".
     """
     if graph.functions:
@@ -183,9 +183,19 @@ def _nothing_to_fold(graph: gs.Graph) -> bool:
         if node.op == "Shape":
             if _shape_folds(node):
                 return False
-        elif node.op in _CAST_ELISION_OPS and any(len(t.inputs) == 1 and t.inputs[0].op == "Cast" for t in node.inputs):
+        elif node.op in _CAST_ELISION_OPS and _cast_elision_candidate(node, graph):
             return False
     return True
+
+
+def _cast_elision_candidate(node: gs.Node, graph: gs.Graph) -> bool:
+    """gs's own preconditions for eliding Cast(to float) -> op -> Cast: every output read only by Casts (and no
+    graph output), some input from a Cast to float."""
+    outputs = {id(t) for t in graph.outputs}
+    if any(id(t) in outputs or not t.outputs or any(c.op != "Cast" for c in t.outputs) for t in node.outputs):
+        return False
+    return any(len(t.inputs) == 1 and t.inputs[0].op == "Cast" and t.inputs[0].attrs.get("to") == onnx.TensorProto.FLOAT
+               for t in node.inputs)
 
 
 def _static(dims) -> bool:

@@ -67,6 +67,7 @@ def _inferred_types(g: onnx.GraphProto) -> tuple[dict[str, _Typed], set[str]]:
 class InferShapesPass(Pass):
     name = "infer-shapes"
     summary = "Annotate tensors with ONNX shape inference (symbolic dims kept)."
+    changes_graph = False  # annotations from ONNX's own inference: no verification after it
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()

@@ -100,6 +100,9 @@ class Pass(ABC):
     rewrites_ops: ClassVar[tuple[str, ...]] = ()
     # (rtol, atol) a pass is allowed to move outputs by, e.g. a precision change; None: exact rewrites
     tolerance: ClassVar[tuple[float, float] | None] = None
+    # False for a pass that only annotates tensors with what ONNX's own inference derived (infer-shapes):
+    # the pass manager does not verify after it, as nothing that verification checks has changed
+    changes_graph: ClassVar[bool] = True
 
     def __call__(self, graph: gs.Graph, ctx: PassContext | None = None) -> PassResult:
         ctx = ctx or PassContext()

@@ -89,7 +89,8 @@ class PassManager:
 
     Args:
         steps: passes and ``FixedPoint`` groups.
-        verify_each: run the ONNX checker and shape inference after every pass that changed something.
+        verify_each: run the ONNX checker and shape inference after every pass that changed something
+            (except passes that only annotate, ``changes_graph = False``: infer-shapes).
         hooks: instruments called around every pass.
     """
 
@@ -130,7 +131,7 @@ class PassManager:
             raise PassError(step.name, already, exc) from exc
         seconds = time.perf_counter() - start
         verified = False
-        if result.changed:
+        if result.changed and step.changes_graph:
             if self.verify_each:
                 try:
                     verify_graph(graph)

@@ -41,6 +41,26 @@ def test_report_records_each_pass_in_order():
     assert data["total_changed"] == 5 and all({"name", "changed"} <= set(p) for p in data["passes"])
 
 
+def test_annotation_only_passes_are_not_verified():
+    model = shape_arith_model()
+    del model.graph.value_info[:]
+    report = PassManager(parse_pipeline("infer-shapes,fold-constants")).run(to_graph(model))
+    annotate, fold = report.passes
+    assert annotate.changed > 0 and not annotate.verified  # infer-shapes only copies ONNX's own inference
+    assert fold.changed > 0 and fold.verified
+
+
+class _BreaksGraphQuietly(_BreaksGraph):
+    name = "breaks-graph-quietly"
+    changes_graph = False
+
+
+def test_a_pass_declaring_no_graph_change_skips_verification():
+    graph = to_graph(shape_arith_model())
+    report = PassManager([_BreaksGraphQuietly()]).run(graph)  # the declaration is trusted: keep it to annotators
+    assert report.passes[0].changed == 1 and not report.passes[0].verified
+
+
 def test_fixed_point_reruns_until_quiet():
     graph = to_graph(dead_branch_model())
     report = PassManager(parse_pipeline("fixpoint(remove-dead-nodes,fold-constants)")).run(graph)

@@ -98,6 +98,9 @@ class CsePass(Pass):
 
     def __init__(self, max_const_bytes: int = DEFAULT_MAX_CONST_BYTES) -> None:
         self.max_const_bytes = max_const_bytes
+        # id(constant) -> (constant, its values object, key): a fixed-point group runs cse every sweep, and
+        # reading every small constant again cost most of its time; a constant given new values is re-keyed
+        self._keys: dict[int, tuple[gs.Constant, object, tuple | None]] = {}
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         result = PassResult()
@@ -143,7 +146,7 @@ class CsePass(Pass):
             for t in node.inputs:
                 if not isinstance(t, gs.Constant) or id(t) in replace or kinds[_kind(t)] < 2 or t in graph.outputs:
                     continue
-                key = _const_key(t, limit)
+                key = self._key(t, limit)
                 if key is None:
                     continue
                 canon = first.setdefault(key, t)
@@ -153,6 +156,14 @@ class CsePass(Pass):
                     result.stats["constants"] += 1
                     result.sites.append({"site": t.name, "outcome": f"same-as:{canon.name}", "reason": ""})
         return replace
+
+    def _key(self, t: gs.Constant, limit: int) -> tuple | None:
+        cached = self._keys.get(id(t))
+        if cached is not None and cached[0] is t and cached[1] is t._values:
+            return cached[2]
+        key = _const_key(t, limit)
+        self._keys[id(t)] = (t, t._values, key)
+        return key
 
     def _find_duplicates(self, graph: gs.Graph, replace: dict, limit: int, result: PassResult):
         """Value-number every node; return (duplicate, kept) pairs and each kept node's output tensors."""

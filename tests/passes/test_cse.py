@@ -61,3 +61,21 @@ def test_rejects_two_graph_outputs():
     assert result.changed == 0
     assert result.stats["rejected:both-graph-outputs"] == 1
     assert same_graph(out, before)
+
+
+def test_a_constant_given_new_values_between_runs_is_keyed_again():
+    import numpy as np  # noqa: PLC0415
+    import onnx  # noqa: PLC0415
+    import onnx_graphsurgeon as gs  # noqa: PLC0415
+
+    from surgery import PassContext, to_graph  # noqa: PLC0415
+    from surgery.registry import get_pass  # noqa: PLC0415
+
+    model = cse_model()
+    model.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32) + 1, "c2"))
+    graph = to_graph(model)
+    cse = get_pass("cse")  # one instance across runs, as in a fixed-point group
+    assert "constants" not in cse(graph, PassContext()).stats  # c1 != c2: no merge, both keys cached
+    c2 = next(t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name == "c2")
+    c2.values = np.arange(4, dtype=np.float32)  # now equal to c1
+    assert cse(graph, PassContext()).stats["constants"] == 1

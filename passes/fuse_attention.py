@@ -177,7 +177,7 @@ class FuseAttentionPass(PatternRewritePass[AttentionState, am.Variant]):
             v3 = _bsnh_source(v, plan.heads, "bhsd")
             packed = (k3, v3) if k3 is not None and v3 is not None else None
             q3 = _bsnh_source(q, plan.heads, "bhsd")
-            qkv = _packed_projection(q3, k3, v3, outputs) if packed and q3 is not None else None
+            qkv = _packed_projection(q3, k3, v3, outputs, names) if packed and q3 is not None else None
         if m.variant.qk == "kbshd" and packed is None:  # K arrives as [B,S,H,D]: the fused op wants [B,H,S,D]
             k4 = gs.Variable(names("_k"), dtype=k.dtype)
             new.append(gs.Node("Transpose", name=names(), attrs={"perm": [0, 2, 1, 3]}, inputs=[k], outputs=[k4]))
@@ -283,7 +283,7 @@ class _Projection(NamedTuple):
     """``out = x @ weight [+ bias]``: a head split's source read back to its projection."""
 
     x: gs.Tensor
-    weight: np.ndarray  # [in, out]
+    weight: gs.Constant  # [in, out]; its values are read only when three are packed into one
     bias: np.ndarray | None  # [out]
     unbiased: gs.Tensor  # x @ weight, the bias Add's other operand (``out`` itself without a bias)
 
@@ -307,9 +307,8 @@ def _projection(t: gs.Tensor, graph_outputs: set[str]) -> _Projection | None:
         node = producer(t)
     if node is None or node.op != "MatMul":
         return None
-    weight = const_value(node.inputs[1])
-    x = node.inputs[0]
-    if weight is None or weight.ndim != 2 or x.shape is None or len(x.shape) != 3:
+    weight, x = node.inputs[1], node.inputs[0]
+    if not isinstance(weight, gs.Constant) or len(weight.shape) != 2 or x.shape is None or len(x.shape) != 3:
         return None
     if bias is not None and bias.reshape(-1).shape != (weight.shape[1],):
         return None
@@ -323,8 +322,8 @@ def _length_source(t3: gs.Tensor, graph_outputs: set[str]) -> gs.Tensor:
     return proj.x if proj is not None else t3
 
 
-def _packed_projection(q3: gs.Tensor, k3: gs.Tensor, v3: gs.Tensor,
-                       graph_outputs: set[str]) -> tuple[_Projection, list[int]] | None:
+def _packed_projection(q3: gs.Tensor, k3: gs.Tensor, v3: gs.Tensor, graph_outputs: set[str],
+                       names: NameGen) -> tuple[_Projection, list[int]] | None:
     """One projection of x to [Q | K | V] and the three widths: three projections of the same x, or one
     projection split three ways along the last axis (GPT-2's c_attn), else None."""
     parts = [_projection(t, graph_outputs) for t in (q3, k3, v3)]
@@ -335,7 +334,8 @@ def _packed_projection(q3: gs.Tensor, k3: gs.Tensor, v3: gs.Tensor,
             bias = np.concatenate(biases).astype(parts[0].weight.dtype)
         else:
             bias = None
-        return _Projection(parts[0].x, np.concatenate([p.weight for p in parts], axis=1), bias, q3), widths
+        packed = np.concatenate([p.weight.values for p in parts], axis=1)
+        return _Projection(parts[0].x, gs.Constant(names("_qkv_weight"), packed), bias, q3), widths
     split = producer(q3)
     if split is None or split.op != "Split" or list(split.outputs) != [q3, k3, v3]:
         return None
@@ -384,7 +384,7 @@ def _ort_attention(q, k, v, mask_t, mask_kind, causal, scale, heads, out, names,
         if len(set(widths)) > 1:
             attrs["qkv_hidden_sizes"] = widths
         bias = proj.bias if proj.bias is not None else np.zeros(proj.weight.shape[1], proj.weight.dtype)
-        ins = [proj.x, gs.Constant(names("_qkv_weight"), proj.weight), gs.Constant(names("_qkv_bias"), bias)]
+        ins = [proj.x, proj.weight, gs.Constant(names("_qkv_bias"), bias)]
         ins += [gs.Variable.empty(), gs.Variable.empty(), bias_in] if bias_in is not None else []
         y3 = node("Attention", ins, attrs, domain=MS_DOMAIN, shape=[*b_s, widths[2]])
     else:

@@ -47,7 +47,7 @@ class UnflattenGemmPass(Pass):
         outputs = {t.name for t in graph.outputs}
         names = NameGen(graph, self.name)
         for gemm in [n for n in graph.nodes if n.op == "Gemm" and (n.domain or "") in ("", "ai.onnx")]:
-            plan = _plan(gemm, outputs)
+            plan = _plan(gemm, outputs, names)
             if plan is None:
                 continue
             if isinstance(plan, str):
@@ -71,7 +71,7 @@ class UnflattenGemmPass(Pass):
         return result
 
 
-def _plan(gemm: gs.Node, outputs: set[str]):
+def _plan(gemm: gs.Node, outputs: set[str], names: NameGen):
     """(x, W, bias or None, back Reshape) for a matching Gemm, a reject reason, or None when it is no candidate."""
     flat = producer(gemm.inputs[0])
     if flat is None or flat.op != "Reshape" or not any(r.op == "Reshape" for r in gemm.outputs[0].outputs):
@@ -86,21 +86,16 @@ def _plan(gemm: gs.Node, outputs: set[str]):
     a = gemm.attrs
     if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or int(a.get("transA", 0)):
         return "gemm-attributes"
-    weight = gemm.inputs[1]
-    if int(a.get("transB", 0)):
-        values = const_value(weight)
-        if values is None:
-            return "weight-not-constant"
-        weight = gs.Constant(f"{weight.name}_t", np.ascontiguousarray(values.T))
+    weight, trans_b = gemm.inputs[1], bool(int(a.get("transB", 0)))
+    if trans_b and not isinstance(weight, gs.Constant):
+        return "weight-not-constant"
     w_shape = weight.shape
-    n = w_shape[1] if w_shape is not None and len(w_shape) == 2 else None
+    n = w_shape[0 if trans_b else 1] if w_shape is not None and len(w_shape) == 2 else None
     bias = gemm.inputs[2] if len(gemm.inputs) > 2 and gemm.inputs[2].name else None
-    if bias is not None:
-        values = const_value(bias)
-        if values is None or not isinstance(n, int) or values.size != n or (values.ndim == 2 and values.shape[0] != 1):
-            return "bias-not-vector"
-        if values.ndim != 1:
-            bias = gs.Constant(f"{bias.name}_vector", values.reshape(-1))
+    bias_values = const_value(bias) if bias is not None else None
+    if bias is not None and (bias_values is None or not isinstance(n, int) or bias_values.size != n
+                             or (bias_values.ndim == 2 and bias_values.shape[0] != 1)):
+        return "bias-not-vector"
     readers = gemm.outputs[0].outputs
     if not any(r.op == "Reshape" for r in readers):
         return None  # a 2-D Gemm on a flattened input (a classifier head): nothing to undo
@@ -109,6 +104,10 @@ def _plan(gemm: gs.Node, outputs: set[str]):
     back = readers[0]
     if not _restores(back.inputs[1], x, lead, n):
         return "back-target"
+    if trans_b:  # read and transposed only once the rewrite is sure
+        weight = gs.Constant(names("_weight_t"), np.ascontiguousarray(weight.values.T))
+    if bias is not None and bias_values.ndim != 1:
+        bias = gs.Constant(names("_bias"), bias_values.reshape(-1))
     return x, lead, weight, bias, back
 
 

@@ -97,3 +97,21 @@ def test_unsafe_forms_are_rejected(kwargs, reason):
     out, result = apply_pass(model, "unflatten-gemm")
     assert result.changed == 0 and result.stats[f"rejected:{reason}"] == 1
     assert ops(out)["Gemm"] == 1
+
+
+def test_a_transposed_weight_shared_by_two_gemms_gets_two_unique_constants():
+    model = conv1d_model(trans_b=1)
+    g = model.graph
+    next(n for n in g.node if n.name == "back").output[0] = "y1"
+    g.node.extend([
+        helper.make_node("Reshape", ["x", "c_flat"], ["flat2"], name="flatten2"),
+        helper.make_node("Gemm", ["flat2", "w", "b"], ["g2"], name="gemm2", transB=1),
+        helper.make_node("Reshape", ["g2", "target"], ["y2"], name="back2"),
+        helper.make_node("Mul", ["y1", "y2"], ["y"], name="out")])
+    del g.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    out, result = apply_pass(model, "unflatten-gemm")  # apply_pass verifies: duplicate names would fail it
+    assert result.changed == 2 and ops(out)["Gemm"] == 0
+    names = [i.name for i in out.graph.initializer]
+    assert len(names) == len(set(names))
+    _check_same(model, out)
